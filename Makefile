@@ -1,0 +1,35 @@
+# MusiCoder: `make demo` and `make test` bootstrap .venv on their own.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test test-fast bench lint clean
+
+install: $(STAMP)
+
+# Re-install only when the dependency list changes; the stamp keeps a second call fast.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) launch/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m 'not integration and not slow' $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/features.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Shared audio fixtures (session-scoped where expensive)."""

@@ -1,0 +1,1 @@
+"""Shared s3 fixtures (session-scoped where expensive)."""
