@@ -1,0 +1,78 @@
+"""The `Batch` dataclass: the contract between data loading, masking, the model and the loss.
+
+Collation builds `features` and `valid`; masking (in the loader workers) fills `masked_input`,
+`cfm` and `ccm`; the model reads `masked_input` and `valid`; the loss reads the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """A collated, padded batch of feature sequences.
+
+    Attributes:
+        features: (B, T, C) float, normalized; the reconstruction target.
+        valid: (B, T) bool, True = real frame, False = padding.
+        masked_input: (B, T, C) model input after masking, or None before masking.
+        cfm: (B, T) bool, frames to predict (Contiguous Frames Masking), or None.
+        ccm: (B, C) bool, channels to predict (Contiguous Channels Masking), or None.
+    """
+
+    features: Tensor
+    valid: Tensor
+    masked_input: Tensor | None = None
+    cfm: Tensor | None = None
+    ccm: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.features.dim() != 3:
+            shape = tuple(self.features.shape)
+            raise ValueError(f"Batch.features: expected shape (B, T, C), got {shape}")
+        b, t, c = self.features.shape
+        expected = {"valid": (b, t), "masked_input": (b, t, c), "cfm": (b, t), "ccm": (b, c)}
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"Batch.{name}: expected shape {shape}, got {tuple(value.shape)}")
+        for name in ("valid", "cfm", "ccm"):
+            value = getattr(self, name)
+            if value is not None and value.dtype != torch.bool:
+                raise ValueError(f"Batch.{name}: expected dtype torch.bool, got {value.dtype}")
+
+    def to(
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype | None = None,
+        *,
+        non_blocking: bool = False,
+    ) -> Batch:
+        """Copy to a device; `dtype` applies to the float tensors only (masks stay bool).
+
+        Args:
+            device: Target device.
+            dtype: Optional float dtype for `features` and `masked_input`.
+            non_blocking: Passed to `Tensor.to` (useful with pinned memory).
+
+        Returns:
+            A new Batch; this one is left unchanged.
+        """
+        moved = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                cast = dtype if value.is_floating_point() else None
+                value = value.to(device=device, dtype=cast, non_blocking=non_blocking)
+            moved[field.name] = value
+        return Batch(**moved)
+
+    @property
+    def num_channels(self) -> int:
+        """C, the feature channels per frame."""
+        return self.features.shape[-1]

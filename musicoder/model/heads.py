@@ -1,0 +1,84 @@
+"""Reconstruction head and the pre-training model (encoder + head).
+
+Pre-training needs frame reconstructions; downstream code needs only the encoder, which is why
+the head lives apart and is not part of an export (`musicoder.model.export`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from musicoder.model.config import MusiCoderConfig
+from musicoder.model.encoder import MusiCoderEncoder, init_weights
+
+log = logging.getLogger(__name__)
+
+
+class ReconstructionHead(nn.Module):
+    """Linear -> GELU -> LayerNorm -> Linear, from hidden back to the input channels."""
+
+    def __init__(self, config: MusiCoderConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.hidden, config.hidden),
+            nn.GELU(),
+            nn.LayerNorm(config.hidden),
+            nn.Linear(config.hidden, config.input_dim),
+        )
+        self.apply(init_weights)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(B, T, hidden) -> (B, T, input_dim)."""
+        return self.net(hidden)
+
+
+@dataclass
+class ModelOutput:
+    """Pre-training model result.
+
+    Attributes:
+        reconstruction: (B, T, input_dim) predicted features.
+        last_hidden: (B, T, hidden) encoder output.
+        hidden_states: Per-layer states (see `EncoderOutput`) or None.
+    """
+
+    reconstruction: Tensor
+    last_hidden: Tensor
+    hidden_states: list[Tensor] | None = None
+
+
+class MusiCoder(nn.Module):
+    """Encoder + reconstruction head, trained with CFM/CCM (DESIGN §6). It never masks.
+
+    Args:
+        config: Model shape; see `MusiCoderConfig`.
+    """
+
+    def __init__(self, config: MusiCoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = MusiCoderEncoder(config)
+        self.head = ReconstructionHead(config)
+
+    def forward(
+        self, x: Tensor, valid: Tensor, *, output_hidden_states: bool = False
+    ) -> ModelOutput:
+        """Reconstruct features from (masked) input.
+
+        Args:
+            x: (B, T, input_dim), usually `Batch.masked_input`.
+            valid: (B, T) bool, True = real frame.
+            output_hidden_states: Also return every layer's output.
+
+        Returns:
+            `ModelOutput`.
+        """
+        enc = self.encoder(x, valid, output_hidden_states=output_hidden_states)
+        return ModelOutput(
+            reconstruction=self.head(enc.last_hidden),
+            last_hidden=enc.last_hidden,
+            hidden_states=enc.hidden_states,
+        )

@@ -1,0 +1,204 @@
+"""Tests for musicoder/model/masking.py: CFM/CCM statistics over many draws, padding, seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from musicoder.model import Batch, MaskingConfig, apply_masking, mask_channels, mask_frames
+from musicoder.model.masking import channel_band
+
+P_MIN = 1e-3  # chi-square tests fail below this p-value
+
+
+def clamped_geometric_mean(p: float = 0.2, lo: int = 2, hi: int = 7) -> float:
+    """E[clamp(L, lo, hi)] for L ~ Geometric(p) on {1, 2, ...}."""
+    pmf = {k: (1 - p) ** (k - 1) * p for k in range(1, hi)}
+    return sum(max(k, lo) * q for k, q in pmf.items()) + hi * (1 - sum(pmf.values()))
+
+
+def make_batch(lengths: list[int], t: int, c: int = 8, seed: int = 0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(len(lengths), t, c, generator=gen)
+    valid = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    return Batch(features=features, valid=valid)
+
+
+def runs(row: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+@pytest.fixture(scope="module")
+def long_clip_draws() -> list[tuple[Batch, Batch]]:
+    """CFM on long clips (so clip ends barely matter), several seeds."""
+    batch = make_batch([1000] * 48, t=1000)
+    return [(batch, mask_frames(batch, MaskingConfig(), torch.Generator().manual_seed(s)))
+            for s in range(4)]
+
+
+def test_expected_span_mean_is_the_design_value():
+    assert clamped_geometric_mean() == pytest.approx(4.15, abs=0.005)
+
+
+def test_cfm_fraction_per_clip_and_overall(long_clip_draws):
+    fractions = torch.cat([m.cfm.float().mean(dim=1) for _, m in long_clip_draws])
+    assert abs(fractions.mean().item() - 0.15) < 0.02
+    assert (fractions - 0.15).abs().max().item() < 0.02  # per clip, not only on average
+
+
+def test_cfm_span_lengths(long_clip_draws):
+    lengths = [e - s for _, m in long_clip_draws for row in m.cfm.numpy() for s, e in runs(row)]
+    assert min(lengths) >= 2 and max(lengths) <= 7
+    # Spans never touch, so each visible run is exactly one span.
+    assert abs(np.mean(lengths) / clamped_geometric_mean() - 1) < 0.05
+    assert abs(np.mean(lengths) - 4.15) < 0.05 * 4.15
+
+
+def test_cfm_80_10_10_split(long_clip_draws):
+    kinds = {"zero": 0, "random": 0, "keep": 0}
+    for batch, masked in long_clip_draws:
+        for i, row in enumerate(masked.cfm.numpy()):
+            for s, e in runs(row):
+                got, orig = masked.masked_input[i, s:e], batch.features[i, s:e]
+                if torch.equal(got, torch.zeros_like(got)):
+                    kinds["zero"] += 1
+                elif torch.equal(got, orig):
+                    kinds["keep"] += 1
+                else:
+                    # Every replaced frame is a frame of the same clip.
+                    match = (got[:, None, :] == batch.features[i][None, :, :]).all(-1).any(-1)
+                    assert match.all()
+                    kinds["random"] += 1
+    total = sum(kinds.values())
+    assert total > 5000
+    assert abs(kinds["zero"] / total - 0.8) < 0.03
+    assert abs(kinds["random"] / total - 0.1) < 0.03
+    assert abs(kinds["keep"] / total - 0.1) < 0.03
+
+
+def test_cfm_leaves_unmasked_frames_alone(long_clip_draws):
+    batch, masked = long_clip_draws[0]
+    keep = ~masked.cfm
+    assert torch.equal(masked.masked_input[keep], batch.features[keep])
+    assert masked.ccm is None
+
+
+def test_ccm_width_and_start_are_uniform():
+    cfg = MaskingConfig()
+    lo, hi, max_width = channel_band(cfg, 324)
+    assert (lo, hi, max_width) == (52, 324, 54)
+    batch = make_batch([1] * 20000, t=1, c=324)
+    ccm = mask_channels(batch, cfg, torch.Generator().manual_seed(3)).ccm.numpy()
+    width = ccm.sum(axis=1)
+    start = np.where(width > 0, ccm.argmax(axis=1), -1)
+    nonzero = width > 0
+    # Contiguous, inside [lo, hi).
+    last = np.maximum(start + width - 1, 0)
+    assert np.all(ccm.cumsum(axis=1)[np.arange(len(ccm)), last] == width)
+    assert start[nonzero].min() >= lo and (start + width)[nonzero].max() <= hi
+    observed = np.bincount(width, minlength=max_width + 1)
+    assert len(observed) == max_width + 1
+    assert stats.chisquare(observed).pvalue > P_MIN
+    # Start given width: 10 relative-position bins per width, exact expected probabilities.
+    bins = 10
+    obs = np.zeros((max_width + 1, bins))
+    exp = np.zeros_like(obs)
+    for w in range(1, max_width + 1):
+        starts = start[width == w] - lo
+        positions = hi - lo - w + 1
+        obs[w] = np.bincount(starts * bins // positions, minlength=bins)
+        exp[w] = np.bincount(np.arange(positions) * bins // positions, minlength=bins) / positions
+        exp[w] *= len(starts)
+    assert stats.chisquare(obs[1:].ravel(), exp[1:].ravel()).pvalue > P_MIN
+
+
+def test_ccm_zeroes_band_on_valid_frames_only():
+    batch = make_batch([50, 20, 0], t=50, c=324)
+    masked = mask_channels(batch, MaskingConfig(), torch.Generator().manual_seed(0))
+    for i in range(3):
+        band, valid = masked.ccm[i], batch.valid[i]
+        assert torch.all(masked.masked_input[i][valid][:, band] == 0)
+        got, want = masked.masked_input[i][valid], batch.features[i][valid]
+        assert torch.equal(got[:, ~band], want[:, ~band])
+        assert torch.equal(masked.masked_input[i][~valid], batch.features[i][~valid])
+
+
+def test_ccm_range_falls_back_to_all_channels_for_smaller_inputs():
+    assert channel_band(MaskingConfig(), 128) == (0, 128, 26)
+    assert channel_band(MaskingConfig(ccm_lo=0, ccm_hi=64, ccm_max_width=10), 128) == (0, 64, 10)
+    batch = make_batch([30] * 500, t=30, c=128)
+    ccm = mask_channels(batch, MaskingConfig(), torch.Generator().manual_seed(0)).ccm
+    assert ccm.sum(dim=1).max().item() == 26
+
+
+def test_padding_is_never_masked():
+    valid = torch.zeros(6, 40, dtype=torch.bool)
+    valid[0] = True
+    valid[1, :25] = True
+    valid[2, :3] = True
+    valid[3, 5:35:2] = True  # non-prefix: holes inside the clip
+    valid[4, 10:] = True
+    # valid[5]: no frame at all
+    features = torch.randn(6, 40, 16)
+    batch = Batch(features=features, valid=valid)
+    for seed in range(50):
+        masked = apply_masking(batch, MaskingConfig(cfm_fraction=0.4, ccm_lo=0, ccm_hi=16),
+                               torch.Generator().manual_seed(seed))
+        assert not (masked.cfm & ~valid).any()
+        assert torch.equal(masked.masked_input[~valid], features[~valid])
+        # Replacement frames come only from valid frames of the same clip.
+        assert torch.isfinite(masked.masked_input).all()
+    assert masked.cfm[0].any() and masked.cfm[3].any() and not masked.cfm[5].any()
+
+
+def test_masking_is_pure_and_seeded():
+    batch = make_batch([64, 40, 10], t=64, c=324)
+    before = batch.features.clone(), batch.valid.clone()
+    cfg = MaskingConfig()
+    first = apply_masking(batch, cfg, torch.Generator().manual_seed(7))
+    again = apply_masking(batch, cfg, torch.Generator().manual_seed(7))
+    other = apply_masking(batch, cfg, torch.Generator().manual_seed(8))
+    assert torch.equal(batch.features, before[0]) and torch.equal(batch.valid, before[1])
+    assert batch.masked_input is None and batch.cfm is None and batch.ccm is None
+    for name in ("masked_input", "cfm", "ccm"):
+        assert torch.equal(getattr(first, name), getattr(again, name))
+    assert not torch.equal(first.cfm, other.cfm)
+    assert not torch.equal(first.ccm, other.ccm)
+    # The global RNG is not used: its state is unchanged by masking.
+    state = torch.random.get_rng_state()
+    apply_masking(batch, cfg, torch.Generator().manual_seed(7))
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_disabled_parts_and_empty_batches():
+    batch = make_batch([20, 0], t=20, c=324)
+    off = MaskingConfig(enable_cfm=False, enable_ccm=False)
+    masked = apply_masking(batch, off, torch.Generator().manual_seed(0))
+    assert not masked.cfm.any() and not masked.ccm.any()
+    assert torch.equal(masked.masked_input, batch.features)
+    assert masked.masked_input is not batch.features
+    empty = apply_masking(make_batch([], t=5, c=324), MaskingConfig(), torch.Generator())
+    assert empty.cfm.shape == (0, 5) and empty.ccm.shape == (0, 324)
+
+
+def test_short_clips_stay_within_their_frames():
+    batch = make_batch([1, 2, 4, 7, 13], t=13)
+    for seed in range(200):
+        cfm = mask_frames(batch, MaskingConfig(), torch.Generator().manual_seed(seed)).cfm
+        assert not (cfm & ~batch.valid).any()
+        assert cfm[4].sum() <= 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [({"cfm_fraction": 1.0}, "cfm_fraction"), ({"span_min": 3, "span_max": 2}, "span_max"),
+     ({"zero_prob": 0.95}, "random_prob"), ({"ccm_lo": 10, "ccm_hi": 10}, "ccm_hi"),
+     ({"ccm_max_width": 300}, "ccm_max_width"), ({"span_p": 0.0}, "span_p")],
+)
+def test_invalid_masking_config_is_rejected(kwargs, key):
+    with pytest.raises(ValueError, match=f"^masking.{key}: invalid value"):
+        MaskingConfig(**kwargs)
