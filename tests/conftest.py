@@ -15,4 +15,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 pytest_plugins = [
     "fixtures_audio",
     "fixtures_s3",
+    "fixtures_training",
+    "fixtures_sharding",
 ]
