@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import select
 import socket
 import struct
@@ -29,6 +30,7 @@ REGION = "us-east-1"
 ACCESS_KEY = "testing"
 IO_TIMEOUT_S = 10.0
 SELECT_TICK_S = 0.1
+FINAL_HEAD_RE = re.compile(rb"HTTP/1\.[01] [2-5]\d\d .*?\r\n\r\n", re.DOTALL)
 FATES = ("503", "reset_connect", "reset_body")
 SLOW_DOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -52,7 +54,8 @@ class FaultProxy:
         p_503: Fraction answered ``503 SlowDown`` without reaching the server.
         p_reset_connect: Fraction reset right after accept.
         p_reset_body: Fraction reset after ``reset_after`` bytes of response body.
-        reset_after: Body bytes forwarded before a mid-body reset.
+        reset_after: Bytes of final-response body (after any ``100 Continue``) forwarded
+            before a mid-body reset.
     """
 
     def __init__(
@@ -165,8 +168,8 @@ class FaultProxy:
                     continue
                 if limit is not None and cut is None:
                     head += data
-                    end = head.find(b"\r\n\r\n")
-                    cut = None if end < 0 else end + 4 + limit
+                    final = FINAL_HEAD_RE.search(head)  # skips "100 Continue"
+                    cut = final.end() + limit if final else None
                 if cut is not None and sent + len(data) >= cut:
                     conn.sendall(data[: cut - sent])
                     return True
