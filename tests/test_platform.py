@@ -1,0 +1,86 @@
+"""Deployment files parse and point at things that exist (issue 8, item 3)."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PLATFORM = ROOT / "platform"
+YAML_FILES = sorted(p for p in PLATFORM.rglob("*") if p.suffix in {".yaml", ".yml"})
+JSON_FILES = sorted(PLATFORM.rglob("*.json"))
+TEXT_FILES = sorted(p for p in PLATFORM.rglob("*") if p.is_file()) + [ROOT / "Dockerfile"]
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_parses(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, f"{path} has no YAML document"
+    assert all(isinstance(d, dict) for d in docs)
+
+
+@pytest.mark.parametrize("path", JSON_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_json_parses(path: Path) -> None:
+    assert isinstance(json.loads(path.read_text()), dict)
+
+
+def test_expected_files_present() -> None:
+    for rel in ("ray/cluster.yaml", "k8s/rayjob-shard.yaml", "k8s/pretrain.yaml", "deepspeed/hostfile.example",
+                "slurm/pretrain.sbatch", "compose/docker-compose.yml", "grafana/musicoder.json"):
+        assert (PLATFORM / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("path", TEXT_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_referenced_repo_files_exist(path: Path) -> None:
+    """Every launch script and config file a deployment file names is in the repo."""
+    text = path.read_text()
+    for ref in sorted(set(re.findall(r"\b((?:launch|configs)/[\w./-]+\.(?:py|yaml|json))", text))):
+        assert (ROOT / ref).is_file(), f"{path.name} references missing {ref}"
+
+
+def test_rayjob_runs_the_sharder() -> None:
+    job = yaml.safe_load((PLATFORM / "k8s/rayjob-shard.yaml").read_text())
+    assert job["kind"] == "RayJob"
+    assert job["spec"]["entrypoint"].startswith("python launch/shard.py")
+
+
+def test_k8s_pretrain_uses_node_rank_per_pod() -> None:
+    docs = list(yaml.safe_load_all((PLATFORM / "k8s/pretrain.yaml").read_text()))
+    job = next(d for d in docs if d["kind"] == "Job")
+    assert job["spec"]["completionMode"] == "Indexed"
+    args = " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--no_ssh" in args and "JOB_COMPLETION_INDEX" in args
+
+
+def test_grafana_dashboard_queries_shard_metrics() -> None:
+    dash = json.loads((PLATFORM / "grafana/musicoder.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    from musicoder.sharding.metrics import METRIC_PREFIX
+
+    for name in ("files", "rejects", "audio_seconds", "bytes_written", "shards_done"):
+        assert f"ray_{METRIC_PREFIX}{name}" in exprs, name
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_hostfile_format() -> None:
+    lines = [ln for ln in (PLATFORM / "deepspeed/hostfile.example").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert lines and all(re.fullmatch(r"\S+ slots=\d+", ln) for ln in lines)
+
+
+def _compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _compose_available(), reason="docker compose is not installed")
+def test_compose_config_validates() -> None:
+    out = subprocess.run(["docker", "compose", "-f", str(PLATFORM / "compose/docker-compose.yml"), "config", "-q"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
