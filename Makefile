@@ -30,6 +30,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/features.py
+	$(PY) bench/loader.py
+	$(PY) bench/train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -17,4 +17,5 @@ pytest_plugins = [
     "fixtures_s3",
     "fixtures_training",
     "fixtures_sharding",
+    "fixtures_downstream",
 ]

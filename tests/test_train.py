@@ -1,0 +1,237 @@
+"""Tests for musicoder/train.py and musicoder/training/: config ownership, checkpoint
+bookkeeping, and real 2-rank DeepSpeed runs (ZeRO-2 local, ZeRO-3 from S3) with kill/resume,
+SIGTERM, 2 -> 1 rank resume and export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from fixtures_training import REPO, RUN_TIMEOUT_S, pretrain_command, run_env, run_pretrain
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from musicoder.config import ConfigError, load_config
+from musicoder.train import PretrainConfig
+from musicoder.training import checkpoint
+from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json
+
+SCALARS = ("loss/total", "loss/cfm", "loss/ccm", "loss/val", "opt/lr", "opt/grad_norm",
+           "perf/samples_per_s", "perf/frames_per_s", "perf/tflops_per_device", "perf/mfu",
+           "perf/memory_gib")
+KNOBS = dict(lr=1e-3, warmup_steps=5, max_steps=100, micro_batch=4, grad_accum=2,
+             precision="bf16")
+
+
+def _events(path) -> EventAccumulator:
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def _scalar(acc: EventAccumulator, tag: str) -> dict[int, float]:
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def _export(src, out) -> dict[str, torch.Tensor]:
+    proc = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(src), str(out)],
+                          cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return load_file(str(out / "encoder.safetensors"))
+
+
+# ---------------------------------------------------------------------------- unit
+
+
+def test_deepspeed_config_injects_yaml_knobs():
+    base = read_deepspeed_json(str(REPO / "configs/deepspeed/zero2.json"))
+    cfg = build_deepspeed_config(base, source="zero2.json", **KNOBS)
+    assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_accumulation_steps"] == 2
+    assert cfg["optimizer"]["params"]["lr"] == 1e-3 and cfg["bf16"] == {"enabled": True}
+    assert cfg["scheduler"]["params"]["total_num_steps"] == 100
+    assert cfg["scheduler"]["params"]["warmup_num_steps"] == 5
+    assert "lr" not in base["optimizer"]["params"]  # the input dict is not modified
+    decay = build_deepspeed_config({"scheduler": {"type": "WarmupDecayLR"}}, source="x", **KNOBS)
+    assert decay["scheduler"]["params"]["warmup_max_lr"] == 1e-3
+    assert decay["optimizer"]["type"] == "AdamW"
+
+
+@pytest.mark.parametrize("bad", [{"optimizer": {"params": {"lr": 1}}},
+                                 {"train_micro_batch_size_per_gpu": 8},
+                                 {"bf16": {"enabled": False}},
+                                 {"scheduler": {"params": {"total_num_steps": 5}}}])
+def test_deepspeed_json_may_not_set_injected_keys(bad):
+    with pytest.raises(ValueError, match="my.json: sets .* pretrain YAML owns"):
+        build_deepspeed_config(bad, source="my.json", **KNOBS)
+
+
+def test_unknown_scheduler_is_refused():
+    with pytest.raises(ValueError, match="scheduler.type"):
+        build_deepspeed_config({"scheduler": {"type": "OneCycle"}}, source="x", **KNOBS)
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu", "base", "large"])
+def test_pretrain_configs_load(name):
+    cfg = load_config(PretrainConfig, [str(REPO / f"configs/pretrain/{name}.yaml")])
+    assert cfg.model_config().max_frames >= cfg.data.max_frames
+    assert PretrainConfig.from_dict(json.loads(json.dumps(_to_dict(cfg)))) == cfg
+
+
+def _to_dict(cfg):
+    from musicoder.config import to_dict
+
+    return to_dict(cfg)
+
+
+def test_config_typos_are_errors():
+    with pytest.raises(ConfigError, match="lrr"):
+        load_config(PretrainConfig, overrides=["train.lrr=1"])
+    with pytest.raises(ConfigError, match="hiden"):
+        load_config(PretrainConfig, overrides=["model.hiden=64"])
+    with pytest.raises(ConfigError, match="output_dir"):
+        load_config(PretrainConfig, overrides=["train.output_dir=s3://b/run"])
+
+
+def test_prune_keeps_last_complete_tags(tmp_path):
+    for step in (4, 8, 12, 16, 20):
+        (tmp_path / checkpoint.tag_for(step)).mkdir()
+    (tmp_path / "global_step8_universal").mkdir()
+    (tmp_path / checkpoint.LATEST).write_text("global_step16")  # 20 is a half-written save
+    checkpoint.prune(str(tmp_path), keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "global_step12", "global_step16", "latest"]
+    assert checkpoint.latest_tag(str(tmp_path)) == "global_step16"
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        checkpoint.resolve_checkpoint(str(tmp_path / "global_step12"))
+
+
+def test_pretrain_cli_rejects_bad_input(tmp_path):
+    proc = subprocess.run(pretrain_command(tmp_path / "o", str(tmp_path / "nowhere"), procs=None),
+                          cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no manifest" in proc.stderr
+    proc = subprocess.run([*pretrain_command(tmp_path / "o", "x", procs=None), "--set",
+                           "train.lrr=1"], cwd=REPO, env=run_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown key" in proc.stderr and "lrr" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- 2-rank runs
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("run_name", ["zero2_run", "zero3_run"])
+def test_run_learns_logs_and_checkpoints(run_name, request):
+    run = request.getfixturevalue(run_name)
+    acc = _events(run.out / "tensorboard")
+    assert set(SCALARS) <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Images("reconstruction")] == [8, 16]
+    loss = _scalar(acc, "loss/total")
+    assert sorted(loss) == list(range(1, 17))
+    assert sum(loss[s] for s in (13, 14, 15, 16)) < sum(loss[s] for s in (1, 2, 3, 4))
+    val = _scalar(acc, "loss/val")
+    assert val[16] < val[8]
+    tags = sorted(p.name for p in (run.out / "checkpoints").iterdir() if p.is_dir())
+    assert tags == ["global_step12", "global_step16"]  # keep_last=2
+    state = checkpoint.read_state(str(run.out / "checkpoints"), "global_step16")
+    assert (state.step, state.world_size, state.samples_seen) == (16, 2, 16 * 4 * 2)
+    assert state.preset == "musicoder324" and len(state.stats["mean"]) == 324
+    saved = load_config(PretrainConfig, [str(run.out / "config.yaml")])
+    assert saved.train.max_steps == 16
+
+
+@pytest.mark.integration
+def test_export_zero3_equals_export_zero2(zero2_run, zero3_run, tmp_path):
+    two = _export(zero2_run.out, tmp_path / "z2")
+    three = _export(zero3_run.out / "checkpoints" / "global_step16", tmp_path / "z3")
+    assert two.keys() == three.keys() and len(two) > 10
+    for name, tensor in two.items():
+        torch.testing.assert_close(three[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+    meta = json.loads((tmp_path / "z3" / "config.json").read_text())
+    assert meta["preset"] == "musicoder324" and meta["model"]["hidden"] == 128
+
+
+@pytest.mark.integration
+def test_sigkill_then_resume_continues_like_an_uninterrupted_run(zero2_run, shard_set, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(pretrain_command(out, str(shard_set)), cwd=REPO, env=run_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    latest = out / "checkpoints" / checkpoint.LATEST
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (latest.exists() and latest.read_text() == "global_step8"):
+        assert proc.poll() is None and time.monotonic() < deadline, "no step-8 checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # launcher, ranks and loader workers
+    proc.wait(30)
+    for events in (out / "tensorboard").iterdir():
+        events.rename(events.with_name("killed-" + events.name))  # keep only the resumed run
+    run = run_pretrain(out, str(shard_set), resume=True)
+    assert run.returncode == 0, run.log[-3000:]
+    assert "resumed from" in run.log
+    resumed = _events(next(p for p in (out / "tensorboard").iterdir()
+                           if not p.name.startswith("killed-")))
+    reference = _events(zero2_run.out / "tensorboard")
+    for tag in ("loss/total", "opt/lr"):
+        after, ref = _scalar(resumed, tag), _scalar(reference, tag)
+        assert sorted(after) == list(range(9, 17))
+        for step, value in after.items():
+            assert value == pytest.approx(ref[step], rel=1e-3, abs=1e-6), (tag, step)
+
+
+@pytest.mark.integration
+def test_sigterm_stops_all_ranks_at_one_step(shard_set, tmp_path):
+    import psutil
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(pretrain_command(out, str(shard_set), settings=[
+        "train.max_steps=100000", "train.save_every=100000"]), cwd=REPO, env=run_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "step 3 loss" in line:
+                break
+        def is_rank(p):  # loader workers are forks of a rank and share its command line
+            return "--local_rank" in " ".join(p.cmdline())
+
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if is_rank(p) and not is_rank(p.parent())]
+        assert len(ranks) == 2
+        for rank in ranks:
+            rank.send_signal(signal.SIGTERM)
+        lines += proc.stdout.readlines()
+        assert proc.wait(RUN_TIMEOUT_S) == 0  # the launcher exits 0 only if every rank did
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = "".join(lines)
+    stops = sorted(int(line.rsplit(" ", 1)[1]) for line in log.splitlines()
+                   if "stopped by signal at step" in line)
+    assert len(stops) == 2 and stops[0] == stops[1], log[-3000:]
+    tags = [p.name for p in (out / "checkpoints").iterdir() if p.is_dir()]
+    assert tags == [checkpoint.tag_for(stops[0])]
+    assert checkpoint.latest_tag(str(out / "checkpoints")) == tags[0]
+
+
+@pytest.mark.integration
+def test_resume_two_ranks_on_one(zero2_run, shard_set, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(zero2_run.out, out)
+    run = run_pretrain(out, str(shard_set), procs=None, resume=True,
+                       settings=["train.max_steps=20"])
+    assert run.returncode == 0, run.log[-3000:]
+    ckpt = out / "checkpoints"
+    assert (ckpt / "global_step16_universal" / checkpoint.UNIVERSAL_DONE).exists()
+    state = checkpoint.read_state(str(ckpt), "global_step20")
+    assert (state.step, state.world_size) == (20, 1)
+    assert state.samples_seen == 16 * 4 * 2 + 4 * 4
+    loss = _scalar(_events(out / "tensorboard"), "loss/total")
+    assert all(0 < loss[s] < 2 for s in range(17, 21))
