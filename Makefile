@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench gpu-bench lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ bench: $(STAMP)
 	$(PY) bench/features.py
 	$(PY) bench/loader.py
 	$(PY) bench/train_step.py
+
+# On a CUDA machine without our dependencies: installs carried wheels (wheels/), then benchmarks.
+gpu-bench:
+	bash bench/gpu_bench.sh $(GPU_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

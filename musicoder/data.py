@@ -11,14 +11,15 @@ seeded) gives each (rank, worker) slot its shards and a batch quota; a slot that
 from its shards (then from all shards) instead of stopping early. With fewer shards than slots,
 every slot reads every shard and keeps the samples whose global index falls on its slot.
 
-Decoding uses `numpy.load(allow_pickle=False)` and JSON only. Each batch carries the id and
-sample count of its worker so the trainer can record an exact resume position.
+Samples are read and decoded by `musicoder.samples` (sequential tar reading, npy header parsed
+without pickle, `np.frombuffer` views, JSON). A worker keeps each clip as stored (float16) until
+it is cropped, then copies the crops straight into one preallocated float32 batch (converting
+on the copy) and normalizes them there in place, `(x - mean) * inv_std`. Each batch carries the
+id and sample count of its worker so the trainer can record an exact resume position.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -27,24 +28,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from musicoder import storage
 from musicoder.model import Batch, MaskingConfig, apply_masking
+from musicoder.samples import ShardFormatError, decode_sample, iter_samples
+
+__all__ = ["ShardFormatError", "decode_sample"]  # re-exported: part of this module's API
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 SHARD_FORMAT = "musicoder-shards"
 SHARD_FORMAT_VERSION = 1
-FEATURE_SUFFIX = "feat.npy"
-META_SUFFIX = "json"
 STD_FLOOR = 1e-5  # constant channels (e.g. a silent CQT bin) must not divide by zero
-
-
-class ShardFormatError(ValueError):
-    """A shard or sample does not follow shard format v1."""
-
 
 @dataclass
 class DataConfig:
@@ -226,41 +222,22 @@ def plan_epoch(samples: Sequence[int], *, world_size: int, num_workers: int, bat
              for w in range(num_workers)] for r in range(world_size)]
 
 
-def decode_sample(sample: dict, channels: int, preset: str) -> np.ndarray:
-    """Decode one sample's features. Returns `(frames, C)` as stored (float16; float32 is
-    accepted), converted later, after cropping, because conversion dominates worker time.
-
-    Raises:
-        ShardFormatError: missing members, pickled or malformed npy, wrong preset or shape,
-            non-finite values.
+def collate(clips: Sequence[np.ndarray | torch.Tensor], *, mean: torch.Tensor | None = None,
+            inv_std: torch.Tensor | None = None) -> Batch:
+    """Copy clips `[(T_i, C)]` (any float dtype) into one preallocated float32 batch padded with
+    zeros to the longest, marking real frames in `valid`; with `mean` and `inv_std` (C,), each
+    clip is normalized in place there: `(x - mean) * inv_std`.
     """
-    key = sample.get("__key__")
-    if FEATURE_SUFFIX not in sample or META_SUFFIX not in sample:
-        raise ShardFormatError(f"{key}: needs .{FEATURE_SUFFIX} and .{META_SUFFIX} members")
-    try:
-        meta = json.loads(sample[META_SUFFIX])
-        feats = np.load(io.BytesIO(sample[FEATURE_SUFFIX]), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ShardFormatError(f"{key}: undecodable member ({exc})") from exc
-    if meta.get("preset") != preset:
-        raise ShardFormatError(f"{key}: preset {meta.get('preset')!r}, expected {preset!r}")
-    if feats.ndim != 2 or feats.shape[1] != channels or feats.shape[0] < 1:
-        raise ShardFormatError(f"{key}: features shape {feats.shape}, expected (frames, {channels})")
-    if feats.dtype not in (np.float16, np.float32):
-        raise ShardFormatError(f"{key}: features dtype {feats.dtype}, expected float16")
-    if not np.isfinite(feats).all():
-        raise ShardFormatError(f"{key}: non-finite feature values")
-    return feats
-
-
-def collate(clips: Sequence[torch.Tensor]) -> Batch:
-    """Pad clips `[(T_i, C)]` to the longest and mark real frames in `valid`."""
-    length = max(c.shape[0] for c in clips)
-    features = torch.zeros(len(clips), length, clips[0].shape[1])  # (B, T, C)
-    valid = torch.zeros(len(clips), length, dtype=torch.bool)  # (B, T)
-    for i, clip in enumerate(clips):
-        features[i, : clip.shape[0]] = clip
-        valid[i, : clip.shape[0]] = True
+    lengths = [int(clip.shape[0]) for clip in clips]
+    b, t = len(clips), max(lengths)
+    features = torch.empty(b, t, clips[0].shape[1])  # (B, T, C)
+    for i, (clip, n) in enumerate(zip(clips, lengths, strict=True)):
+        rows = features[i, :n]
+        rows.copy_(torch.as_tensor(clip))  # float16 -> float32 on the copy (faster than numpy)
+        if mean is not None:
+            rows.sub_(mean).mul_(inv_std)
+        features[i, n:].zero_()
+    valid = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
     return Batch(features=features, valid=valid)
 
 
@@ -287,7 +264,8 @@ class ShardStream(IterableDataset):
         self.num_workers = max(1, config.num_workers)
         self.epoch = 0
         self.skip = [0] * self.num_workers  # samples to skip per worker (resume)
-        self._mean, self._std = torch.from_numpy(manifest.mean), torch.from_numpy(manifest.std)
+        self._mean = torch.from_numpy(manifest.mean) if config.normalize else None
+        self._inv_std = torch.from_numpy(1.0 / manifest.std) if config.normalize else None
         self.batches_per_epoch = sum(plan.batches for plan in self._plans())
 
     def _plans(self) -> list[WorkerPlan]:
@@ -334,7 +312,7 @@ class ShardStream(IterableDataset):
             next(stream)
         for index in range(skip // self.batch_size, plan.batches):
             clips = [next(stream) for _ in range(self.batch_size)]
-            batch = collate(clips)
+            batch = collate(clips, mean=self._mean, inv_std=self._inv_std)
             gen = torch.Generator().manual_seed(
                 derive_seed(self.seed, self.epoch, self.rank, worker, index))
             batch = apply_masking(batch, self.masking, gen)
@@ -342,8 +320,8 @@ class ShardStream(IterableDataset):
                                    skipped_shards=stats["shards"], skipped_samples=stats["samples"],
                                    frames=int(batch.valid.sum()))
 
-    def _clips(self, plan: WorkerPlan, worker: int, stats: dict) -> Iterator[torch.Tensor]:
-        """Normalized, cropped clips `(T, C)` in shuffled order, re-drawn without end."""
+    def _clips(self, plan: WorkerPlan, worker: int, stats: dict) -> Iterator[np.ndarray]:
+        """Cropped clips `(T, C)` as stored, in shuffled order, re-drawn without end."""
         rng = np.random.default_rng(derive_seed(self.seed, self.epoch, self.rank, worker, 1))
         # A buffer larger than the slot's share would re-read shards before the first batch.
         share = sum(self.shards[i].samples for i in plan.shards) // plan.stride
@@ -359,15 +337,12 @@ class ShardStream(IterableDataset):
                 feats = buffer.pop()
             yield self._prepare(feats, rng)
 
-    def _prepare(self, feats: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def _prepare(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         extra = feats.shape[0] - self.config.max_frames
-        if extra > 0:
+        if extra > 0:  # a view: nothing is copied until collation
             start = int(rng.integers(extra + 1)) if self.shuffle else 0
             feats = feats[start: start + self.config.max_frames]
-        clip = torch.from_numpy(np.ascontiguousarray(feats)).float()  # (T, C); torch converts
-        if self.config.normalize:  # float16 several times faster than numpy does
-            clip = (clip - self._mean) / self._std
-        return clip
+        return feats
 
     def _records(self, plan: WorkerPlan, rng: np.random.Generator,
                  stats: dict) -> Iterator[np.ndarray]:
@@ -406,7 +381,7 @@ class ShardStream(IterableDataset):
         """Every sample of one shard in tar order; a bad sample yields None and is counted, so
         sample indexes stay aligned with the index file."""
         with storage.open_read(uri) as f:
-            for sample in group_by_keys(tar_file_expander([{"url": uri, "stream": f}])):
+            for sample in iter_samples(f, uri):
                 try:
                     yield decode_sample(sample, self.manifest.channels, self.config.preset)
                 except ShardFormatError as exc:

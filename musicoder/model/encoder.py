@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,12 @@ log = logging.getLogger(__name__)
 INIT_STD = 0.02  # BERT/GPT-2 weight init
 
 
-@dataclass
-class EncoderOutput:
+class EncoderOutput(NamedTuple):
     """Encoder result.
+
+    A NamedTuple rather than a dataclass: DeepSpeed ZeRO-3 finds the tensors in a module's
+    output to attach its backward hooks, and it walks tuples, lists and dicts (rebuilding a
+    namedtuple by its class) but not dataclasses. Attribute access is the public API.
 
     Attributes:
         last_hidden: (B, T, hidden), after the final LayerNorm.

@@ -7,7 +7,7 @@ the head lives apart and is not part of an export (`musicoder.model.export`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
@@ -35,9 +35,8 @@ class ReconstructionHead(nn.Module):
         return self.net(hidden)
 
 
-@dataclass
-class ModelOutput:
-    """Pre-training model result.
+class ModelOutput(NamedTuple):
+    """Pre-training model result (a NamedTuple so ZeRO-3 can walk it; see `EncoderOutput`).
 
     Attributes:
         reconstruction: (B, T, input_dim) predicted features.

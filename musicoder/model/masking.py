@@ -7,10 +7,12 @@ frames are never masked or used as replacements. The work is vectorized over the
 
 CFM (Contiguous Frames Masking), per clip with n valid frames:
   budget = round(cfm_fraction * n) frames. Span lengths L ~ Geometric(span_p) on {1, 2, ...},
-  clamped to [span_min, span_max], are drawn until their sum reaches the budget; the last span is
-  kept only if that lands nearer the budget than stopping before it, so each clip gets its
-  fraction to within half a span and no span is truncated (that choice drops a long final span
-  more often than a short one: the mean span measures ~4.07 rather than 4.15). The k spans are
+  clamped to [span_min, span_max], are drawn until their sum first reaches a threshold drawn
+  from the budget alone (two integers around budget - 2.09, mixed so that the expected total is
+  exactly the budget). Because that rule never looks at the span it is deciding on (a stopping
+  time), the pooled span lengths keep their exact distribution (mean 4.15, where a "stop nearest
+  the budget" rule measures ~4.11), each clip's masked total averages its budget, and it stays
+  within one span of it; no span is truncated. The k spans are
   placed uniformly at random among all arrangements with at least one unmasked frame between
   neighbours, so spans neither overlap nor touch (each span is one visible run). Per span:
   `zero_prob` -> zeros, `random_prob` -> each frame replaced by a random valid frame of the same
@@ -23,6 +25,7 @@ CCM (Contiguous Channels Masking), per clip: one band inside [ccm_lo, ccm_hi), w
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import logging
@@ -126,6 +129,36 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.devi
     return torch.rand(shape, generator=generator, device=device)
 
 
+def span_pmf(cfg: MaskingConfig) -> dict[int, float]:
+    """P(L = l) for the clamped span length: Geometric(span_p) on {1, 2, ...} clamped into
+    [span_min, span_max]."""
+    pmf = dict.fromkeys(range(cfg.span_min, cfg.span_max + 1), 0.0)
+    for k in range(1, cfg.span_max):
+        pmf[max(k, cfg.span_min)] += (1 - cfg.span_p) ** (k - 1) * cfg.span_p
+    pmf[cfg.span_max] += (1 - cfg.span_p) ** (cfg.span_max - 1)
+    return pmf
+
+
+@functools.lru_cache(maxsize=16)
+def _threshold_table(span_p: float, span_min: int, span_max: int, size: int) -> tuple[Tensor, Tensor]:
+    """Per budget 0..size-1: an integer threshold `lo` and the probability of using `lo + 1`,
+    chosen so that the expected masked total equals the budget exactly.
+
+    With threshold x, spans are drawn until their sum first reaches x (x = 0: no span). Its
+    expected sum obeys g(0) = 0, g(x) = E[L] + sum_{l < x} P(L = l) g(x - l), which increases
+    by about one per step (g(x) ~ x + 2.09 with the defaults); mixing the two thresholds around
+    a budget hits it on average. Read-only tensors; cached per parameter set and size.
+    """
+    pmf = span_pmf(MaskingConfig(span_p=span_p, span_min=span_min, span_max=span_max))
+    mean = sum(length * q for length, q in pmf.items())
+    g = [0.0]
+    for x in range(1, size + 2):
+        g.append(mean + sum(q * g[x - length] for length, q in pmf.items() if length < x))
+    lo = [bisect.bisect_right(g, budget) - 1 for budget in range(size)]
+    p_hi = [(budget - g[x]) / (g[x + 1] - g[x]) for budget, x in enumerate(lo)]
+    return torch.tensor(lo), torch.tensor(p_hi, dtype=torch.float32)
+
+
 def _frame_spans(
     valid: Tensor, cfg: MaskingConfig, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,21 +172,24 @@ def _frame_spans(
     device = valid.device
     n = valid.sum(dim=1)  # (B,) valid frames per clip
     budget = torch.floor(cfg.cfm_fraction * n + 0.5).long()
-    k_max = min(-(-int(budget.max()) // cfg.span_min), t) if b and cfg.enable_cfm else 0
+    k_max = min(-(-int(budget.max() + 1) // cfg.span_min) + 1, t) if b and cfg.enable_cfm else 0
     if k_max == 0:
         none = torch.zeros(b, t, dtype=torch.bool, device=device)
         return none, none.long(), n
 
     # Span lengths: inverse-CDF geometric on {1, 2, ...}, clamped.
-    u = _rand((b, k_max), generator, device)
-    steps = torch.log1p(-u) / math.log1p(-cfg.span_p) if cfg.span_p < 1 else torch.zeros_like(u)
+    u = _rand((b, k_max + 1), generator, device)
+    steps = torch.log1p(-u[:, 1:]) / math.log1p(-cfg.span_p) if cfg.span_p < 1 else u[:, 1:] * 0
     lengths = (torch.floor(steps) + 1).clamp(cfg.span_min, cfg.span_max).long()
     cum = lengths.cumsum(dim=1)  # (B, K)
-    reach = (cum < budget[:, None]).sum(dim=1).clamp(max=k_max - 1)  # first cum >= budget
-    above = cum.gather(1, reach[:, None]).squeeze(1)
-    below = torch.where(reach > 0, cum.gather(1, (reach - 1).clamp(min=0)[:, None]).squeeze(1), 0)
-    k = torch.where(above - budget <= budget - below, reach + 1, reach)  # nearest to budget
-    k = torch.where(budget > 0, k, 0)
+    # Stop at the first span whose sum reaches a threshold drawn from the budget alone (see
+    # `_threshold_table`). That is a stopping time, so by Wald's identity the pooled span
+    # lengths keep their exact mean (4.15), and each clip's expected masked total is its budget.
+    size = 1 << max(6, int(budget.max()).bit_length())  # few distinct cached tables
+    lo, p_hi = (x.to(device) for x in _threshold_table(cfg.span_p, cfg.span_min, cfg.span_max,
+                                                       size))
+    threshold = lo[budget] + (u[:, 0] < p_hi[budget]).long()
+    k = ((cum - lengths) < threshold[:, None]).sum(dim=1)  # threshold 0: no span
     slot = torch.arange(k_max, device=device)
     fits = (cum + slot) <= n[:, None]  # k spans + (k - 1) gaps fit; monotone in k
     k = torch.minimum(k, fits.sum(dim=1))
@@ -184,8 +220,12 @@ def _frame_spans(
 def _mask_frames_into(
     out: Tensor, batch: Batch, base: Tensor, cfg: MaskingConfig, generator: torch.Generator
 ) -> Tensor:
-    """Apply CFM to `out` (a private copy of `base`) in place; return cfm (B, T)."""
-    b, t, _ = base.shape
+    """Apply CFM to `out` (a private copy of `base`) in place; return cfm (B, T).
+
+    Only the affected rows are written, through flat row indices into `out` viewed as
+    (B * T, C): no full-size temporaries.
+    """
+    b, t, c = base.shape
     inside, frame_action, n = _frame_spans(batch.valid, cfg, generator)
     # Valid-frame coordinates -> time: order[:, j] is the time index of the j-th valid frame.
     order = torch.argsort((~batch.valid).to(torch.int8), dim=1, stable=True)
@@ -194,19 +234,24 @@ def _mask_frames_into(
     pick = _rand((b, t), generator, base.device)
     if not bool(cfm.any()):
         return cfm
-    out[(cfm & (frame_action == ZERO)).nonzero(as_tuple=True)] = 0.0  # rows only
-    bi, ti = (cfm & (frame_action == RANDOM)).nonzero(as_tuple=True)
+    rows = out.view(b * t, c)  # (B * T, C), shares memory with out
+    rows[(cfm & (frame_action == ZERO)).view(-1).nonzero().squeeze(1)] = 0.0
+    replaced = (cfm & (frame_action == RANDOM)).view(-1).nonzero().squeeze(1)  # flat b * t + i
     source = torch.minimum(torch.floor(pick * n[:, None]).long(), (n - 1).clamp(min=0)[:, None])
-    source = order.gather(1, source)  # (B, T) time index of a random valid frame
-    out[bi, ti] = base[bi, source[bi, ti]]
+    source = order.gather(1, source) + t * torch.arange(b, device=base.device)[:, None]
+    rows.index_copy_(0, replaced, base.reshape(b * t, c).index_select(0, source.view(-1)[replaced]))
     return cfm
 
 
 def _mask_channels_into(
     out: Tensor, valid: Tensor, cfg: MaskingConfig, generator: torch.Generator
 ) -> Tensor:
-    """Apply CCM to `out` in place on valid frames; return ccm (B, C)."""
-    b, _, c = out.shape
+    """Apply CCM to `out` in place on valid frames; return ccm (B, C).
+
+    One strided slice per clip (its band on its valid frames) is zeroed, so the pass touches
+    only the band's cells, not the whole (B, T, C) batch.
+    """
+    b, t, c = out.shape
     device = out.device
     if not cfg.enable_ccm:
         return torch.zeros(b, c, dtype=torch.bool, device=device)
@@ -217,10 +262,16 @@ def _mask_channels_into(
     start = torch.minimum(start, hi - width)
     channel = torch.arange(c, device=device)[None, :]
     ccm = (channel >= start[:, None]) & (channel < (start + width)[:, None])  # (B, C)
-    padding = (~valid).nonzero(as_tuple=True)
-    kept = out[padding]  # padding is never touched: save its rows, zero the band, restore
-    out.masked_fill_(ccm[:, None, :], 0.0)  # broadcast mask: one pass, nothing materialized
-    out[padding] = kept
+    n = valid.sum(dim=1)
+    prefix = valid.eq(torch.arange(t, device=device)[None, :] < n[:, None]).all(dim=1)
+    bands = torch.stack([start, start + width, n, prefix.long()], dim=1).tolist()
+    for i, (first, stop, count, is_prefix) in enumerate(bands):
+        if stop == first or count == 0:
+            continue
+        if is_prefix:  # the common layout: real frames first, then padding
+            out[i, :count, first:stop].zero_()
+        else:
+            out[i, :, first:stop].masked_fill_(valid[i, :, None], 0.0)
     return ccm
 
 

@@ -1,0 +1,111 @@
+"""Tests for musicoder/samples.py: the sequential tar reader against tarfile-written archives in
+every format, npy decoding without pickle, and the finite check."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+from musicoder.samples import (ShardFormatError, all_finite, decode_features, iter_members,
+                               iter_samples)
+
+
+def _tar(members: list[tuple[str, bytes]], fmt: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        folder = tarfile.TarInfo("somedir")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)  # not a regular file: skipped
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class ShortReads(io.RawIOBase):
+    """A stream that returns at most 1000 bytes per read, like a network body."""
+
+    def __init__(self, data: bytes) -> None:
+        self._f = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._f.read(min(len(buffer), 1000))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_members_match_tarfile(fmt):
+    long = "deep/" * 30 + "k\u00e9y_00001.feat.npy"  # > 100 chars, non-ASCII: GNU/pax records
+    members = [("a_00000.feat.npy", b"x" * 700), ("a_00000.json", b"{}"), ("empty.bin", b""),
+               ("b_00000.json", bytes(range(256)) * 3)]
+    if fmt != tarfile.USTAR_FORMAT:
+        members.append((long, b"long" * 200))
+    data = _tar(members, fmt)
+    got = [(name, bytes(payload)) for name, payload in iter_members(ShortReads(data))]
+    assert got == members
+
+
+def test_samples_group_by_key_and_reject_duplicates():
+    data = _tar([("a_0.feat.npy", b"1"), ("a_0.json", b"2"), ("dir/b_1.json", b"3"),
+                 ("README", b"no suffix")], tarfile.USTAR_FORMAT)
+    samples = list(iter_samples(io.BytesIO(data), "x.tar"))
+    assert [s["__key__"] for s in samples] == ["a_0", "dir/b_1"]
+    assert bytes(samples[0]["feat.npy"]) == b"1" and bytes(samples[1]["json"]) == b"3"
+    dup = _tar([("a_0.json", b"1"), ("a_0.json", b"2")], tarfile.USTAR_FORMAT)
+    with pytest.raises(ShardFormatError, match="x.tar: member a_0.json appears twice"):
+        list(iter_samples(io.BytesIO(dup), "x.tar"))
+
+
+def test_truncated_and_corrupt_tars_raise():
+    data = _tar([("a_0.feat.npy", b"z" * 5000)], tarfile.USTAR_FORMAT)
+    with pytest.raises(tarfile.ReadError, match="truncated tar member"):
+        list(iter_members(io.BytesIO(data[:3000])))
+    with pytest.raises(tarfile.ReadError, match="truncated tar header"):
+        list(iter_members(io.BytesIO(data[:700])))
+    with pytest.raises(tarfile.HeaderError):
+        list(iter_members(io.BytesIO(b"not a tar at all" * 100)))
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(12, dtype=np.float16).reshape(4, 3),
+    np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3)),
+    np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian: converted to native
+    np.zeros((0, 5), dtype=np.float16),
+])
+def test_decode_features_equals_numpy(array):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    got = decode_features(bytearray(buf.getvalue()))
+    np.testing.assert_array_equal(got, array)
+    assert got.dtype.isnative and got.shape == array.shape
+
+
+def test_decode_features_refuses_pickle_and_garbage():
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="object dtype"):
+        decode_features(buf.getvalue())
+    with pytest.raises(ValueError, match="not an npy"):
+        decode_features(b"PK\x03\x04 zip file")
+    buf = io.BytesIO()
+    np.save(buf, np.ones((100, 4), np.float16))
+    with pytest.raises(ValueError, match="needs more"):
+        decode_features(buf.getvalue()[:-10])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_all_finite(dtype):
+    x = np.linspace(-60000, 60000, 1000).astype(dtype).reshape(100, 10)
+    assert all_finite(x)
+    for bad in (np.inf, -np.inf, np.nan):
+        y = x.copy()
+        y[37, 3] = bad
+        assert not all_finite(y)
