@@ -39,3 +39,6 @@ gpu-bench:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check musicoder launch bench tests

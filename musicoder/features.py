@@ -179,7 +179,7 @@ def _cqt_kernels(cfg: FeatureConfig, plan: _CqtPlan) -> tuple[np.ndarray, np.nda
     lengths = plan.q * rate / plan.freqs
     width = 2 * (int(np.ceil(lengths.max())) // 2 + 1)
     kernel = np.zeros((width, 2 * len(lengths)))
-    for i, (length, freq) in enumerate(zip(lengths, plan.freqs)):
+    for i, (length, freq) in enumerate(zip(lengths, plan.freqs, strict=True)):
         t = np.arange(-length // 2, length // 2)  # librosa's sample positions, 0 = frame centre
         window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(len(t)) / len(t))  # periodic Hann
         phase = 2 * np.pi * freq / rate * t

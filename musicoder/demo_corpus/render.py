@@ -126,7 +126,7 @@ def _compose_melody(harmony: _Harmony, score: _Score, bars: int, rng: np.random.
     for index in range((bars + 1) // 2):
         onsets, degrees = phrases[(0, 0, 1, 0)[index % 4]]
         ends = np.r_[onsets[1:], 2 * bar_steps]
-        for onset, end, degree in zip(onsets, ends, degrees):
+        for onset, end, degree in zip(onsets, ends, degrees, strict=True):
             step = index * 2 * bar_steps + int(onset)
             chord = harmony.chord(step // bar_steps)
             if onset % 4 == 0:
