@@ -194,7 +194,9 @@ class _Job:
         kind, train_cfg = self.task.kind, self.cfg.train
         sets = {s: self.chunk_set(s, encoder, handcrafted) for s in SPLITS}
         _, num_states, dim = sets["train"].inputs.shape
-        head = LinearProbe(num_states, dim, len(self.task.classes)).to(encoder.device)
+        with torch.random.fork_rng(devices=[]):  # every model starts from the same head
+            torch.manual_seed(train_cfg.seed)
+            head = LinearProbe(num_states, dim, len(self.task.classes)).to(encoder.device)
         head.fit_standardization(sets["train"].inputs.to(encoder.device))
         history = train_probe(
             head,

@@ -3,10 +3,19 @@ with the model's own masking and loss), export it, run `launch/finetune.py --bas
 genre and tagging, and check the CLI contract and that every model learns the task.
 
 The issue also asks that the probe beat the random-init encoder on genre log-loss or tagging
-ROC-AUC by a margin that survives dropping any single test track. Measured here (36 test
-tracks, 600 steps): the pretrained encoder does NOT beat random init yet, so that test is an
-`xfail` that prints both margins (`pytest -s -rxX` shows them) until pre-training gets the
-budget to earn it.
+ROC-AUC by a margin that survives dropping any single test track. It does not at this scale, so
+that test is a non-strict `xfail` that prints both margins (`pytest -s -rxX` shows them).
+Measured offline (same head and seed for every model; margin > 0 = pre-training helped):
+
+| pre-training (steps x batch x frames)       | genre log-loss        | tagging ROC-AUC       |
+|---|---|---|
+| this test's 600 x 16 x 64, seeds 0 / 1 / 2  | -0.045/-0.013/-0.058  | -0.024/-0.030/-0.000  |
+| 1000 x 32 x 128 on 1 h more demo audio      | -0.065                | -0.010                |
+
+No single layer of the pretrained encoder beats random init either, and an sklearn logistic
+regression tuned on the valid split agrees, so the probe head is not the cause. Mean+std pooling
+of the hidden states (instead of DESIGN's mean) brings both encoders near the handcrafted
+baseline (~0.62 vs ~0.95 log-loss) but the sign of the margin still flips with the seed.
 """
 
 from __future__ import annotations
@@ -199,8 +208,9 @@ def test_demo_corpus_end_to_end(demo_runs):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="a few hundred CPU steps of the tiny model do not yet "
-    "beat a random-init encoder on this corpus (margins are printed)",
+    reason="reconstruction pre-training of the tiny model does not beat a random-init "
+    "encoder under a mean-pooled linear probe on the demo corpus (margins are printed; "
+    "measurements in the module docstring)",
 )
 def test_pretrained_probe_beats_random_init(demo_runs):
     genre, genre_worst = genre_margins(demo_runs["genre"]["out"])
