@@ -136,6 +136,7 @@ class Pretrainer:
     def setup(self) -> None:
         """Start the process group, read data, build the engine, resume if asked."""
         import deepspeed
+        from deepspeed.accelerator import get_accelerator
         import torch.distributed as dist
 
         cfg, tcfg = self.config, self.config.train
@@ -150,7 +151,8 @@ class Pretrainer:
         ds_cfg = build_deepspeed_config(
             base, source=self.ds_path, lr=tcfg.lr, warmup_steps=tcfg.warmup_steps,
             max_steps=tcfg.max_steps, micro_batch=tcfg.micro_batch, grad_accum=tcfg.grad_accum,
-            precision=tcfg.precision, load_universal=universal)
+            precision=tcfg.precision, load_universal=universal,
+            on_cpu=get_accelerator().device_name() == "cpu")
         # Identical initial weights on every rank and for every ZeRO stage (no zero.Init: it
         # draws partitions in another order; xl still fits host memory when built whole).
         torch.manual_seed(tcfg.seed)

@@ -56,7 +56,7 @@ def _has(cfg: dict, dotted: str) -> bool:
 
 def build_deepspeed_config(base: dict[str, Any], *, source: str, lr: float, warmup_steps: int,
                            max_steps: int, micro_batch: int, grad_accum: int, precision: str,
-                           load_universal: bool = False) -> dict[str, Any]:
+                           load_universal: bool = False, on_cpu: bool = False) -> dict[str, Any]:
     """Merge the YAML-owned training knobs into a DeepSpeed config.
 
     Args:
@@ -69,6 +69,9 @@ def build_deepspeed_config(base: dict[str, Any], *, source: str, lr: float, warm
         grad_accum: micro steps per optimizer step.
         precision: "bf16", "fp16" or "fp32".
         load_universal: load a universal checkpoint (world-size change on resume).
+        on_cpu: running on DeepSpeed's CPU accelerator: unless the JSON says otherwise, use
+            torch's AdamW (`torch_adam`) instead of DeepSpeed's fused op, whose JIT build costs
+            minutes on a fresh machine and buys nothing for CPU-sized models.
 
     Returns:
         A new dict for `deepspeed.initialize(config=...)`.
@@ -86,6 +89,8 @@ def build_deepspeed_config(base: dict[str, Any], *, source: str, lr: float, warm
     cfg["gradient_accumulation_steps"] = grad_accum
     optimizer = cfg.setdefault("optimizer", copy.deepcopy(DEFAULT_OPTIMIZER))
     optimizer.setdefault("params", {})["lr"] = lr
+    if on_cpu:
+        optimizer["params"].setdefault("torch_adam", True)
     scheduler = cfg.setdefault("scheduler", {"type": SCHEDULERS[0]})
     if scheduler.get("type") not in SCHEDULERS:
         raise ValueError(f"{source}: scheduler.type must be one of {list(SCHEDULERS)}, "
