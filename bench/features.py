@@ -59,8 +59,16 @@ def librosa_pipeline(y: np.ndarray) -> list[np.ndarray]:
     chroma = librosa.feature.chroma_stft(S=power, sr=RATE, tuning=0.0)
     mel = librosa.feature.melspectrogram(S=power, sr=RATE, n_mels=128)
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20)
-    cqt = np.abs(librosa.cqt(y, sr=RATE, hop_length=1024, fmin=librosa.note_to_hz("C1"),
-                             n_bins=144, bins_per_octave=24))
+    cqt = np.abs(
+        librosa.cqt(
+            y,
+            sr=RATE,
+            hop_length=1024,
+            fmin=librosa.note_to_hz("C1"),
+            n_bins=144,
+            bins_per_octave=24,
+        )
+    )
     return [chroma, mfcc, librosa.feature.delta(mfcc), np.log(mel + 1e-6), np.log(cqt + 1e-6)]
 
 
@@ -88,10 +96,15 @@ def main() -> None:
     torch.set_num_threads(1)
     seconds, repeats = args.seconds, args.repeats
 
-    stereo = np.stack([render_track(genre, 7, seconds, NATIVE_RATE)[0]
-                       for genre in ("rock", "jazz")], axis=1)
-    result: dict[str, object] = {"bench": "features", "date": datetime.date.today().isoformat(),
-                                 "audio_seconds": seconds, "threads": torch.get_num_threads()}
+    stereo = np.stack(
+        [render_track(genre, 7, seconds, NATIVE_RATE)[0] for genre in ("rock", "jazz")], axis=1
+    )
+    result: dict[str, object] = {
+        "bench": "features",
+        "date": datetime.date.today().isoformat(),
+        "audio_seconds": seconds,
+        "threads": torch.get_num_threads(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, subtype in (("wav", "PCM_16"), ("ogg", "VORBIS")):
             path = os.path.join(tmp, f"music.{fmt}")
@@ -108,13 +121,18 @@ def main() -> None:
     waveform = torch.from_numpy(mono)
     ours_cpu, ours_wall = best_time(lambda: extract_features(waveform, MUSICODER324), repeats)
     ref_cpu, ref_wall = best_time(lambda: librosa_pipeline(mono), repeats)
-    result.update({
-        "ours_x": round(seconds / ours_cpu), "librosa_x": round(seconds / ref_cpu),
-        "ratio": round(ref_cpu / ours_cpu, 2),
-        "ours_wall_x": round(seconds / ours_wall), "librosa_wall_x": round(seconds / ref_wall),
-        "gpu_batched_x": gpu_speed(mono, repeats),
-        "torch": torch.__version__, "librosa": librosa.__version__,
-    })
+    result.update(
+        {
+            "ours_x": round(seconds / ours_cpu),
+            "librosa_x": round(seconds / ref_cpu),
+            "ratio": round(ref_cpu / ours_cpu, 2),
+            "ours_wall_x": round(seconds / ours_wall),
+            "librosa_wall_x": round(seconds / ref_wall),
+            "gpu_batched_x": gpu_speed(mono, repeats),
+            "torch": torch.__version__,
+            "librosa": librosa.__version__,
+        }
+    )
     print(json.dumps(result))
 
 

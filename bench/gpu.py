@@ -24,8 +24,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from musicoder.features import extract_features  # noqa: E402
-from musicoder.model import (Batch, MaskingConfig, MusiCoder, apply_masking,  # noqa: E402
-                             flops_per_frame, reconstruction_loss, variant_config)
+from musicoder.model import (
+    Batch,
+    MaskingConfig,
+    MusiCoder,
+    apply_masking,  # noqa: E402
+    flops_per_frame,
+    reconstruction_loss,
+    variant_config,
+)
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,8 +52,10 @@ def sync(device: torch.device) -> None:
 
 def synthetic_batch(batch: int, frames: int, device: torch.device) -> Batch:
     gen = torch.Generator().manual_seed(0)
-    clean = Batch(features=torch.randn(batch, frames, 324, generator=gen),
-                  valid=torch.ones(batch, frames, dtype=torch.bool))
+    clean = Batch(
+        features=torch.randn(batch, frames, 324, generator=gen),
+        valid=torch.ones(batch, frames, dtype=torch.bool),
+    )
     return apply_masking(clean, MaskingConfig(), gen).to(device)
 
 
@@ -58,12 +67,21 @@ def bench_training(name: str, args, device: torch.device) -> dict:
     path = os.path.join(ROOT, "configs", "deepspeed", "zero2.json")
     base = read_deepspeed_json(path)
     base["optimizer"]["params"]["torch_adam"] = True  # no fused-Adam JIT build on the box
-    ds_config = build_deepspeed_config(base, source=path, lr=1e-4, warmup_steps=1, max_steps=10**6,
-                                       micro_batch=micro, grad_accum=1, precision=args.precision)
+    ds_config = build_deepspeed_config(
+        base,
+        source=path,
+        lr=1e-4,
+        warmup_steps=1,
+        max_steps=10**6,
+        micro_batch=micro,
+        grad_accum=1,
+        precision=args.precision,
+    )
     torch.manual_seed(0)
     model = MusiCoder(config)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                      config=ds_config)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=ds_config
+    )
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     batch = synthetic_batch(micro, args.seq, device)
     inputs = batch.masked_input.to(dtype)
@@ -83,11 +101,21 @@ def bench_training(name: str, args, device: torch.device) -> dict:
     elapsed = time.perf_counter() - start
     frames_per_s = micro * args.seq * args.steps / elapsed
     tflops = frames_per_s * flops_per_frame(config, args.seq) / 1e12
-    record = {"bench": "gpu_train", "variant": name, "device": str(device),
-              "precision": args.precision, "zero": 2, "seq_len": args.seq, "micro_batch": micro,
-              "steps": args.steps, "step_s": round(elapsed / args.steps, 4),
-              "frames_per_s": round(frames_per_s), "tflops": round(tflops, 2),
-              "mfu": round(tflops / args.peak_tflops, 4), "peak_tflops": args.peak_tflops}
+    record = {
+        "bench": "gpu_train",
+        "variant": name,
+        "device": str(device),
+        "precision": args.precision,
+        "zero": 2,
+        "seq_len": args.seq,
+        "micro_batch": micro,
+        "steps": args.steps,
+        "step_s": round(elapsed / args.steps, 4),
+        "frames_per_s": round(frames_per_s),
+        "tflops": round(tflops, 2),
+        "mfu": round(tflops / args.peak_tflops, 4),
+        "peak_tflops": args.peak_tflops,
+    }
     if device.type == "cuda":
         record["max_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     del engine, model, batch, inputs
@@ -99,8 +127,9 @@ def bench_training(name: str, args, device: torch.device) -> dict:
 
 def bench_features(args, device: torch.device) -> dict:
     gen = torch.Generator().manual_seed(0)
-    waves = (0.1 * torch.randn(args.feature_batch, args.feature_seconds * SAMPLE_RATE,
-                               generator=gen)).to(device)
+    waves = (
+        0.1 * torch.randn(args.feature_batch, args.feature_seconds * SAMPLE_RATE, generator=gen)
+    ).to(device)
     extract_features(waves)  # warm-up: kernels, caches
     sync(device)
     start = time.perf_counter()
@@ -109,9 +138,14 @@ def bench_features(args, device: torch.device) -> dict:
     sync(device)
     elapsed = time.perf_counter() - start
     audio = args.feature_batch * args.feature_seconds * args.feature_reps
-    return {"bench": "gpu_features", "device": str(device), "preset": "musicoder324",
-            "batch": args.feature_batch, "clip_seconds": args.feature_seconds,
-            "x_realtime": round(audio / elapsed)}
+    return {
+        "bench": "gpu_features",
+        "device": str(device),
+        "preset": "musicoder324",
+        "batch": args.feature_batch,
+        "clip_seconds": args.feature_seconds,
+        "x_realtime": round(audio / elapsed),
+    }
 
 
 def main() -> None:
@@ -139,14 +173,25 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
+    for key, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29517"),
+    ):
         os.environ.setdefault(key, value)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    emit({"bench": "gpu_env", "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-          "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+    emit(
+        {
+            "bench": "gpu_env",
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        }
+    )
     for name in args.variants or ["base", "large"]:
         try:
             emit(bench_training(name, args, device))

@@ -74,8 +74,9 @@ def raw_rate(manifest, reader) -> tuple[float, float]:
 def worker_rate(manifest, root: str) -> tuple[float, float]:
     """Delivered frames/s (CPU, wall) of one in-process worker after its first batch."""
     cfg = DataConfig(manifest=root, max_frames=SEQ_LEN, num_workers=0, shuffle_buffer=SHUFFLE)
-    stream = ShardStream(manifest, cfg, MaskingConfig(), rank=0, world_size=1, batch_size=BATCH,
-                         seed=0)
+    stream = ShardStream(
+        manifest, cfg, MaskingConfig(), rank=0, world_size=1, batch_size=BATCH, seed=0
+    )
     batches = iter(stream)
     next(batches)
     start, frames = _clock(), 0
@@ -94,22 +95,38 @@ def main() -> None:
         raw_rate(manifest, _wds_samples)  # warm the page cache so every pass reads from memory
         wds, ours, worker = (
             [max(rates) for rates in zip(*(measure() for _ in range(repeats)), strict=True)]
-            for measure in (lambda: raw_rate(manifest, _wds_samples),
-                            lambda: raw_rate(manifest, iter_samples),
-                            lambda: worker_rate(manifest, tmp)))
+            for measure in (
+                lambda: raw_rate(manifest, _wds_samples),
+                lambda: raw_rate(manifest, iter_samples),
+                lambda: worker_rate(manifest, tmp),
+            )
+        )
     gpu = H100_BF16_TFLOPS * 1e12 * TARGET_MFU / flops_per_frame(variant_config("base"), SEQ_LEN)
     cpu, wall = 0, 1  # indexes into each (CPU-time rate, wall-clock rate) pair
-    print(json.dumps({
-        "bench": "loader", "date": datetime.date.today().isoformat(), "clips": shards * clips,
-        "raw_wds_frames_per_cpu_s": round(wds[cpu]), "raw_ours_frames_per_cpu_s": round(ours[cpu]),
-        "worker_frames_per_cpu_s": round(worker[cpu]),
-        "worker_vs_raw_wds": round(worker[cpu] / wds[cpu], 3),
-        "worker_vs_raw_ours": round(worker[cpu] / ours[cpu], 3),
-        "worker_vs_raw_wds_per_clip": round(worker[cpu] / SEQ_LEN / (wds[cpu] / CLIP_FRAMES), 3),
-        "wall": {"raw_wds": round(wds[wall]), "raw_ours": round(ours[wall]),
-                 "worker": round(worker[wall])},
-        "h100_base_frames_per_s_at_45pct_mfu": round(gpu),
-        "workers_per_gpu": math.ceil(gpu / worker[cpu])}))
+    print(
+        json.dumps(
+            {
+                "bench": "loader",
+                "date": datetime.date.today().isoformat(),
+                "clips": shards * clips,
+                "raw_wds_frames_per_cpu_s": round(wds[cpu]),
+                "raw_ours_frames_per_cpu_s": round(ours[cpu]),
+                "worker_frames_per_cpu_s": round(worker[cpu]),
+                "worker_vs_raw_wds": round(worker[cpu] / wds[cpu], 3),
+                "worker_vs_raw_ours": round(worker[cpu] / ours[cpu], 3),
+                "worker_vs_raw_wds_per_clip": round(
+                    worker[cpu] / SEQ_LEN / (wds[cpu] / CLIP_FRAMES), 3
+                ),
+                "wall": {
+                    "raw_wds": round(wds[wall]),
+                    "raw_ours": round(ours[wall]),
+                    "worker": round(worker[wall]),
+                },
+                "h100_base_frames_per_s_at_45pct_mfu": round(gpu),
+                "workers_per_gpu": math.ceil(gpu / worker[cpu]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from musicoder.model import (Batch, MaskingConfig, MusiCoder, apply_masking,  # noqa: E402
-                             flops_per_frame, reconstruction_loss, variant_config)
+from musicoder.model import (
+    Batch,
+    MaskingConfig,
+    MusiCoder,
+    apply_masking,  # noqa: E402
+    flops_per_frame,
+    reconstruction_loss,
+    variant_config,
+)
 from musicoder.train import default_single_process_env  # noqa: E402
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json  # noqa: E402
 
@@ -29,8 +36,10 @@ LR = 1e-4
 
 def make_batch() -> Batch:
     gen = torch.Generator().manual_seed(0)
-    batch = Batch(features=torch.randn(BATCH, FRAMES, 324, generator=gen),
-                  valid=torch.ones(BATCH, FRAMES, dtype=torch.bool))
+    batch = Batch(
+        features=torch.randn(BATCH, FRAMES, 324, generator=gen),
+        valid=torch.ones(BATCH, FRAMES, dtype=torch.bool),
+    )
     return apply_masking(batch, MaskingConfig(), gen)
 
 
@@ -63,12 +72,21 @@ def main() -> None:
     default_single_process_env()
     deepspeed.init_distributed(dist_backend="gloo")
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "deepspeed", "zero2.json")
-    cfg = build_deepspeed_config(read_deepspeed_json(path), source=path, lr=LR, warmup_steps=1,
-                                 max_steps=100, micro_batch=BATCH, grad_accum=1, precision="fp32")
+    cfg = build_deepspeed_config(
+        read_deepspeed_json(path),
+        source=path,
+        lr=LR,
+        warmup_steps=1,
+        max_steps=100,
+        micro_batch=BATCH,
+        grad_accum=1,
+        precision="fp32",
+    )
     torch.manual_seed(0)
     ds_model = MusiCoder(CONFIG)
-    engine, *_ = deepspeed.initialize(model=ds_model, model_parameters=ds_model.parameters(),
-                                      config=cfg)
+    engine, *_ = deepspeed.initialize(
+        model=ds_model, model_parameters=ds_model.parameters(), config=cfg
+    )
 
     def ds():
         out = engine(batch.masked_input, batch.valid)
@@ -77,11 +95,20 @@ def main() -> None:
 
     ds_s = time_steps(ds)
     flops = flops_per_frame(CONFIG, FRAMES) * BATCH * FRAMES
-    print(json.dumps({"bench": "train_step", "device": "cpu", "precision": "fp32",
-                      "threads": torch.get_num_threads(), "plain_step_s": round(plain_s, 3),
-                      "deepspeed_step_s": round(ds_s, 3),
-                      "deepspeed_overhead": round(ds_s / plain_s - 1, 3),
-                      "plain_tflops": round(flops / plain_s / 1e12, 4)}))
+    print(
+        json.dumps(
+            {
+                "bench": "train_step",
+                "device": "cpu",
+                "precision": "fp32",
+                "threads": torch.get_num_threads(),
+                "plain_step_s": round(plain_s, 3),
+                "deepspeed_step_s": round(ds_s, 3),
+                "deepspeed_overhead": round(ds_s / plain_s - 1, 3),
+                "plain_tflops": round(flops / plain_s / 1e12, 4),
+            }
+        )
+    )
     torch.distributed.destroy_process_group()
 
 

@@ -36,13 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", help="export dir, or .safetensors with config.json beside")
     parser.add_argument("--task", help="task YAML (configs/tasks/*.yaml); fills the task.* keys")
     parser.add_argument("--mode", choices=["probe", "finetune"], help="alias for mode")
-    parser.add_argument("--baselines", action="store_true", default=None,
-                        help="also run the random-init and handcrafted baselines")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        default=None,
+        help="also run the random-init and handcrafted baselines",
+    )
     parser.add_argument("--output", help="alias for output (run folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    flags = {"encoder": args.encoder, "mode": args.mode, "baselines": args.baselines,
-             "output": args.output}
+    flags = {
+        "encoder": args.encoder,
+        "mode": args.mode,
+        "baselines": args.baselines,
+        "output": args.output,
+    }
     try:
         cfg = config_from_args(FinetuneConfig, args, {**flags, **task_flags(args.task)})
     except ConfigError as exc:

@@ -135,7 +135,9 @@ class _Track:
             try:
                 self._file = stack.enter_context(sf.SoundFile(path))
             except sf.SoundFileError as exc:
-                raise UnreadableAudioError(self.uri, f"not decodable audio ({_detail(exc)})") from None
+                raise UnreadableAudioError(
+                    self.uri, f"not decodable audio ({_detail(exc)})"
+                ) from None
             self.native_rate, self.channels = self._file.samplerate, self._file.channels
             if not MIN_NATIVE_RATE <= self.native_rate <= MAX_NATIVE_RATE:
                 raise SampleRateError(

@@ -42,6 +42,7 @@ SHARD_FORMAT = "musicoder-shards"
 SHARD_FORMAT_VERSION = 1
 STD_FLOOR = 1e-5  # constant channels (e.g. a silent CQT bin) must not divide by zero
 
+
 @dataclass
 class DataConfig:
     """Where training data comes from and how clips become batches."""
@@ -146,20 +147,34 @@ def read_manifest(uri: str) -> Manifest:
     if raw.get("format") != SHARD_FORMAT or raw.get("format_version") != SHARD_FORMAT_VERSION:
         raise ShardFormatError(
             f"{path}: not a {SHARD_FORMAT} v{SHARD_FORMAT_VERSION} manifest "
-            f"(format={raw.get('format')!r}, version={raw.get('format_version')!r})")
+            f"(format={raw.get('format')!r}, version={raw.get('format_version')!r})"
+        )
     try:
         channels = int(raw["channels"])
         mean = np.asarray(raw["stats"]["mean"], dtype=np.float32)
         std = np.asarray(raw["stats"]["std"], dtype=np.float32)
-        refs = {split: [ShardRef(storage.join(base, s["name"]), int(s["samples"]))
-                        for s in raw.get(split, [])] for split in ("train", "val")}
+        refs = {
+            split: [
+                ShardRef(storage.join(base, s["name"]), int(s["samples"]))
+                for s in raw.get(split, [])
+            ]
+            for split in ("train", "val")
+        }
         preset = str(raw["preset"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardFormatError(f"{path}: malformed manifest ({exc!r})") from exc
     if mean.shape != (channels,) or std.shape != (channels,):
         raise ShardFormatError(f"{path}: stats must have {channels} channels")
-    return Manifest(uri=path, preset=preset, channels=channels, train=refs["train"],
-                    val=refs["val"], mean=mean, std=np.maximum(std, STD_FLOOR), raw=raw)
+    return Manifest(
+        uri=path,
+        preset=preset,
+        channels=channels,
+        train=refs["train"],
+        val=refs["val"],
+        mean=mean,
+        std=np.maximum(std, STD_FLOOR),
+        raw=raw,
+    )
 
 
 def check_preset(manifest: Manifest, preset: str, input_dim: int) -> None:
@@ -171,17 +186,27 @@ def check_preset(manifest: Manifest, preset: str, input_dim: int) -> None:
     if manifest.preset != preset or manifest.channels != input_dim:
         raise ValueError(
             f"{manifest.uri}: shards use preset {manifest.preset!r} ({manifest.channels} channels) "
-            f"but the run expects preset {preset!r} with model input_dim {input_dim}")
+            f"but the run expects preset {preset!r} with model input_dim {input_dim}"
+        )
 
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed mixing all parts (seed, epoch, rank, worker, ...) without collisions."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
+        >> np.uint64(1)
+    )
 
 
-def plan_epoch(samples: Sequence[int], *, world_size: int, num_workers: int, batch_size: int,
-               seed: int, epoch: int) -> list[list[WorkerPlan]]:
+def plan_epoch(
+    samples: Sequence[int],
+    *,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+) -> list[list[WorkerPlan]]:
     """Assign shards to every (rank, worker) slot for one epoch. Pure and seeded.
 
     Args:
@@ -202,14 +227,21 @@ def plan_epoch(samples: Sequence[int], *, world_size: int, num_workers: int, bat
     slots = world_size * num_workers
     per_rank = sum(samples) // (world_size * batch_size)
     if per_rank < 1:
-        raise ValueError(f"{sum(samples)} samples are too few for {world_size} ranks x batch "
-                         f"{batch_size}; make more shards or lower train.micro_batch")
+        raise ValueError(
+            f"{sum(samples)} samples are too few for {world_size} ranks x batch "
+            f"{batch_size}; make more shards or lower train.micro_batch"
+        )
     quota = [per_rank // num_workers + (w < per_rank % num_workers) for w in range(num_workers)]
     rng = np.random.default_rng(derive_seed(seed, epoch))
     order = [int(i) for i in rng.permutation(len(samples))]
     if len(samples) < slots:  # split by sample index inside shards
-        return [[WorkerPlan(tuple(order), slots, r * num_workers + w, quota[w])
-                 for w in range(num_workers)] for r in range(world_size)]
+        return [
+            [
+                WorkerPlan(tuple(order), slots, r * num_workers + w, quota[w])
+                for w in range(num_workers)
+            ]
+            for r in range(world_size)
+        ]
     # Largest shards first to the least loaded slot; ties keep the seeded order.
     load, owned = [0] * slots, [[] for _ in range(slots)]
     for i in sorted(order, key=lambda i: -samples[i]):
@@ -218,12 +250,18 @@ def plan_epoch(samples: Sequence[int], *, world_size: int, num_workers: int, bat
         owned[slot].append(i)
     for shard_list in owned:  # read order within a slot is random, not size-sorted
         rng.shuffle(shard_list)
-    return [[WorkerPlan(tuple(owned[r * num_workers + w]), 1, 0, quota[w])
-             for w in range(num_workers)] for r in range(world_size)]
+    return [
+        [WorkerPlan(tuple(owned[r * num_workers + w]), 1, 0, quota[w]) for w in range(num_workers)]
+        for r in range(world_size)
+    ]
 
 
-def collate(clips: Sequence[np.ndarray | torch.Tensor], *, mean: torch.Tensor | None = None,
-            inv_std: torch.Tensor | None = None) -> Batch:
+def collate(
+    clips: Sequence[np.ndarray | torch.Tensor],
+    *,
+    mean: torch.Tensor | None = None,
+    inv_std: torch.Tensor | None = None,
+) -> Batch:
     """Copy clips `[(T_i, C)]` (any float dtype) into one preallocated float32 batch padded with
     zeros to the longest, marking real frames in `valid`; with `mean` and `inv_std` (C,), each
     clip is normalized in place there: `(x - mean) * inv_std`.
@@ -251,9 +289,19 @@ class ShardStream(IterableDataset):
     Yields `(Batch, BatchInfo)` pairs, exactly `batches_per_epoch` per rank per epoch.
     """
 
-    def __init__(self, manifest: Manifest, config: DataConfig, masking: MaskingConfig, *,
-                 rank: int, world_size: int, batch_size: int, seed: int, split: str = "train",
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: DataConfig,
+        masking: MaskingConfig,
+        *,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int,
+        split: str = "train",
+        shuffle: bool = True,
+    ) -> None:
         super().__init__()
         self.shards = manifest.train if split == "train" else manifest.val
         if not self.shards:
@@ -269,9 +317,14 @@ class ShardStream(IterableDataset):
         self.batches_per_epoch = sum(plan.batches for plan in self._plans())
 
     def _plans(self) -> list[WorkerPlan]:
-        return plan_epoch([s.samples for s in self.shards], world_size=self.world_size,
-                          num_workers=self.num_workers, batch_size=self.batch_size,
-                          seed=self.seed, epoch=self.epoch)[self.rank]
+        return plan_epoch(
+            [s.samples for s in self.shards],
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=self.epoch,
+        )[self.rank]
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its beginning."""
@@ -282,16 +335,25 @@ class ShardStream(IterableDataset):
         the new slots skip an equal share of the samples consumed so far (approximate)."""
         self.epoch = position.epoch
         same = (position.world_size, position.num_workers, position.batch_size) == (
-            self.world_size, self.num_workers, self.batch_size)
+            self.world_size,
+            self.num_workers,
+            self.batch_size,
+        )
         if same and len(position.consumed) == self.num_workers:
             self.skip = list(position.consumed)
             return
         total = sum(position.consumed) * position.world_size
         batches = min(total // (self.world_size * self.batch_size), self.batches_per_epoch)
-        self.skip = [(batches // self.num_workers + (w < batches % self.num_workers))
-                     * self.batch_size for w in range(self.num_workers)]
-        log.info("data position from world %d x %d workers mapped to skip %s samples per worker",
-                 position.world_size, position.num_workers, self.skip)
+        self.skip = [
+            (batches // self.num_workers + (w < batches % self.num_workers)) * self.batch_size
+            for w in range(self.num_workers)
+        ]
+        log.info(
+            "data position from world %d x %d workers mapped to skip %s samples per worker",
+            position.world_size,
+            position.num_workers,
+            self.skip,
+        )
 
     def __iter__(self) -> Iterator[tuple[Batch, BatchInfo]]:
         info = get_worker_info()
@@ -301,8 +363,9 @@ class ShardStream(IterableDataset):
         rotation = sum(self.skip) // self.batch_size
         worker = ((info.id if info is not None else 0) + rotation) % self.num_workers
         if info is not None and info.num_workers != self.num_workers:
-            raise ValueError(f"DataLoader has {info.num_workers} workers, stream planned for "
-                             f"{self.num_workers}")
+            raise ValueError(
+                f"DataLoader has {info.num_workers} workers, stream planned for {self.num_workers}"
+            )
         torch.set_num_threads(1)
         plan = self._plans()[worker]
         stats = {"shards": 0, "samples": 0}
@@ -314,11 +377,19 @@ class ShardStream(IterableDataset):
             clips = [next(stream) for _ in range(self.batch_size)]
             batch = collate(clips, mean=self._mean, inv_std=self._inv_std)
             gen = torch.Generator().manual_seed(
-                derive_seed(self.seed, self.epoch, self.rank, worker, index))
+                derive_seed(self.seed, self.epoch, self.rank, worker, index)
+            )
             batch = apply_masking(batch, self.masking, gen)
-            yield batch, BatchInfo(worker=worker, consumed=(index + 1) * self.batch_size,
-                                   skipped_shards=stats["shards"], skipped_samples=stats["samples"],
-                                   frames=int(batch.valid.sum()))
+            yield (
+                batch,
+                BatchInfo(
+                    worker=worker,
+                    consumed=(index + 1) * self.batch_size,
+                    skipped_shards=stats["shards"],
+                    skipped_samples=stats["samples"],
+                    frames=int(batch.valid.sum()),
+                ),
+            )
 
     def _clips(self, plan: WorkerPlan, worker: int, stats: dict) -> Iterator[np.ndarray]:
         """Cropped clips `(T, C)` as stored, in shuffled order, re-drawn without end."""
@@ -341,11 +412,12 @@ class ShardStream(IterableDataset):
         extra = feats.shape[0] - self.config.max_frames
         if extra > 0:  # a view: nothing is copied until collation
             start = int(rng.integers(extra + 1)) if self.shuffle else 0
-            feats = feats[start: start + self.config.max_frames]
+            feats = feats[start : start + self.config.max_frames]
         return feats
 
-    def _records(self, plan: WorkerPlan, rng: np.random.Generator,
-                 stats: dict) -> Iterator[np.ndarray]:
+    def _records(
+        self, plan: WorkerPlan, rng: np.random.Generator, stats: dict
+    ) -> Iterator[np.ndarray]:
         """Decoded samples of the slot's shards, round after round; a round without any
         readable sample widens to every shard, and if none of those is readable either, raise."""
         offsets = np.concatenate([[0], np.cumsum([s.samples for s in self.shards])])
@@ -368,8 +440,12 @@ class ShardStream(IterableDataset):
                     if i not in failed:  # a readable prefix stays in use for re-draws
                         failed.add(i)
                         stats["shards"] += 1
-                        log.warning("skipping unreadable shard %s after %d samples: %s",
-                                    self.shards[i].uri, read, exc.args[0] if exc.args else exc)
+                        log.warning(
+                            "skipping unreadable shard %s after %d samples: %s",
+                            self.shards[i].uri,
+                            read,
+                            exc.args[0] if exc.args else exc,
+                        )
             if delivered == 0:
                 if len(shards) == len(self.shards) and plan.stride == 1:
                     raise ShardFormatError(f"{self.manifest.uri}: no readable samples in any shard")
@@ -393,5 +469,10 @@ class ShardStream(IterableDataset):
 def make_loader(stream: ShardStream) -> DataLoader:
     """A DataLoader over `stream` with its configured workers; iterate it once per epoch."""
     workers = stream.config.num_workers
-    return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_identity,
-                      prefetch_factor=stream.config.prefetch_factor if workers else None)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_identity,
+        prefetch_factor=stream.config.prefetch_factor if workers else None,
+    )

@@ -79,10 +79,23 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESET_BLOCKS:
-            raise ValueError(f"feature.preset: unknown preset {self.preset!r}, expected one of "
-                             f"{sorted(PRESET_BLOCKS)}")
-        for key in ("sample_rate", "n_fft", "hop_length", "n_mels", "n_mfcc", "n_chroma",
-                    "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "top_db", "log_eps"):
+            raise ValueError(
+                f"feature.preset: unknown preset {self.preset!r}, expected one of "
+                f"{sorted(PRESET_BLOCKS)}"
+            )
+        for key in (
+            "sample_rate",
+            "n_fft",
+            "hop_length",
+            "n_mels",
+            "n_mfcc",
+            "n_chroma",
+            "cqt_bins",
+            "cqt_bins_per_octave",
+            "cqt_fmin",
+            "top_db",
+            "log_eps",
+        ):
             if getattr(self, key) <= 0:
                 raise ValueError(f"feature.{key}: must be positive, got {getattr(self, key)}")
         if self.n_mfcc > self.n_mels:
@@ -92,12 +105,16 @@ class FeatureConfig:
         if "cqt" in PRESET_BLOCKS[self.preset]:
             plan = _cqt_plan(self)
             if plan.cutoff_hz >= self.sample_rate / 2:
-                raise ValueError(f"feature.cqt_bins: top CQT bin reaches {plan.cutoff_hz:.0f} Hz, "
-                                 f"above Nyquist {self.sample_rate / 2:.0f} Hz")
+                raise ValueError(
+                    f"feature.cqt_bins: top CQT bin reaches {plan.cutoff_hz:.0f} Hz, "
+                    f"above Nyquist {self.sample_rate / 2:.0f} Hz"
+                )
             halvings = plan.early + plan.octaves - 1
             if self.hop_length % (1 << halvings):
-                raise ValueError(f"feature.hop_length: {self.hop_length} must be divisible by "
-                                 f"2**{halvings} for a {plan.octaves}-octave CQT")
+                raise ValueError(
+                    f"feature.hop_length: {self.hop_length} must be divisible by "
+                    f"2**{halvings} for a {plan.octaves}-octave CQT"
+                )
 
 
 @dataclass(frozen=True)
@@ -136,8 +153,13 @@ def preset_config(preset: str | FeatureConfig) -> FeatureConfig:
 def channel_blocks(preset: str | FeatureConfig = MUSICODER324) -> dict[str, slice]:
     """Channel ranges of each block, in output order (e.g. ``{"chroma": slice(0, 12), ...}``)."""
     cfg = preset_config(preset)
-    sizes = {"chroma": cfg.n_chroma, "mfcc": cfg.n_mfcc, "delta": cfg.n_mfcc,
-             "mel": cfg.n_mels, "cqt": cfg.cqt_bins}
+    sizes = {
+        "chroma": cfg.n_chroma,
+        "mfcc": cfg.n_mfcc,
+        "delta": cfg.n_mfcc,
+        "mel": cfg.n_mels,
+        "cqt": cfg.cqt_bins,
+    }
     blocks, start = {}, 0
     for name in PRESET_BLOCKS[cfg.preset]:
         blocks[name] = slice(start, start + sizes[name])
@@ -200,8 +222,9 @@ def _halfband() -> tuple[float, torch.Tensor]:
     """
     half, block = DECIMATE_HALF_TAPS, DECIMATE_BLOCK
     d = torch.arange(-half, half + 1, dtype=torch.float64)
-    taps = torch.sinc(d / 2) * torch.kaiser_window(2 * half + 1, periodic=False,
-                                                   beta=KAISER_BETA, dtype=torch.float64)
+    taps = torch.sinc(d / 2) * torch.kaiser_window(
+        2 * half + 1, periodic=False, beta=KAISER_BETA, dtype=torch.float64
+    )
     taps /= taps.sum()  # unity gain at DC
     odd = taps[1::2]  # d = -M+1, -M+3, ..., M-1: x[2n - d] = x_odd[n - (d + 1) / 2]
     matrix = torch.zeros(block + half - 1, block, dtype=torch.float64)
@@ -218,8 +241,9 @@ class FeatureExtractor:
         device: Where the kernels live and the computation runs.
     """
 
-    def __init__(self, config: str | FeatureConfig = MUSICODER324,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, config: str | FeatureConfig = MUSICODER324, device: torch.device | str = "cpu"
+    ) -> None:
         self.config = cfg = preset_config(config)
         self.device = torch.device(device)
         self.blocks = channel_blocks(cfg)
@@ -232,8 +256,15 @@ class FeatureExtractor:
         n_freqs = cfg.n_fft // 2 + 1
         self.window = put(torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64))
         self.chroma_filterbank = put(chroma_filterbank(cfg).T)  # (n_freqs, n_chroma)
-        mel = AF.melscale_fbanks(n_freqs, 0.0, cfg.sample_rate / 2, cfg.n_mels, cfg.sample_rate,
-                                 norm="slaney", mel_scale="slaney")  # (n_freqs, n_mels)
+        mel = AF.melscale_fbanks(
+            n_freqs,
+            0.0,
+            cfg.sample_rate / 2,
+            cfg.n_mels,
+            cfg.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )  # (n_freqs, n_mels)
         # Mel bands cover few FFT bins: groups of bands multiply their bins only (8x less work).
         self.mel_groups = []
         for group in put(mel).split(MEL_GROUP, dim=1):
@@ -249,8 +280,9 @@ class FeatureExtractor:
         log.debug("feature extractor %s on %s", cfg.preset, self.device)
 
     @torch.no_grad()
-    def __call__(self, waveform: torch.Tensor, *,
-                 out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    def __call__(
+        self, waveform: torch.Tensor, *, out_dtype: torch.dtype = torch.float16
+    ) -> torch.Tensor:
         """Compute features.
 
         Args:
@@ -265,8 +297,9 @@ class FeatureExtractor:
             ValueError: ``waveform`` is not 1-D or 2-D, or ``out_dtype`` is not floating point.
         """
         if waveform.dim() not in (1, 2):
-            raise ValueError(f"waveform: expected (samples,) or (B, samples), got shape "
-                             f"{tuple(waveform.shape)}")
+            raise ValueError(
+                f"waveform: expected (samples,) or (B, samples), got shape {tuple(waveform.shape)}"
+            )
         if not out_dtype.is_floating_point:
             raise ValueError(f"out_dtype: {out_dtype} is not a floating dtype")
         cfg = self.config
@@ -361,8 +394,14 @@ def delta(features: torch.Tensor, width: int = 9) -> torch.Tensor:
     half = width // 2
     offsets = torch.arange(width, dtype=features.dtype, device=features.device) - (width - 1) / 2
     slope = features.unfold(1, width, 1) @ (offsets / offsets.square().sum())  # (B, T', C)
-    return torch.cat([slope[:, :1].expand(-1, half, -1), slope,
-                      slope[:, -1:].expand(-1, n - slope.shape[1] - half, -1)], dim=1)
+    return torch.cat(
+        [
+            slope[:, :1].expand(-1, half, -1),
+            slope,
+            slope[:, -1:].expand(-1, n - slope.shape[1] - half, -1),
+        ],
+        dim=1,
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -370,8 +409,9 @@ def _cached_extractor(config: tuple, device: torch.device) -> FeatureExtractor:
     return FeatureExtractor(FeatureConfig(*config), device)
 
 
-def get_extractor(preset: str | FeatureConfig = MUSICODER324,
-                  device: torch.device | str = "cpu") -> FeatureExtractor:
+def get_extractor(
+    preset: str | FeatureConfig = MUSICODER324, device: torch.device | str = "cpu"
+) -> FeatureExtractor:
     """A shared `FeatureExtractor` for ``(preset, device)``, built on first use."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
@@ -379,8 +419,12 @@ def get_extractor(preset: str | FeatureConfig = MUSICODER324,
     return _cached_extractor(dataclasses.astuple(preset_config(preset)), device)
 
 
-def extract_features(waveform: torch.Tensor, preset: str | FeatureConfig = MUSICODER324, *,
-                     out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+def extract_features(
+    waveform: torch.Tensor,
+    preset: str | FeatureConfig = MUSICODER324,
+    *,
+    out_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
     """Features of mono audio on the waveform's device.
 
     Args:

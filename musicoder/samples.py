@@ -32,8 +32,10 @@ BLOCK = 512  # tar block size
 FEATURE_SUFFIX = "feat.npy"
 META_SUFFIX = "json"
 NPY_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-EXPONENT_BITS = {np.dtype(np.float16): (np.uint16, 0x7C00),
-                 np.dtype(np.float32): (np.uint32, 0x7F800000)}  # all ones = inf or nan
+EXPONENT_BITS = {
+    np.dtype(np.float16): (np.uint16, 0x7C00),
+    np.dtype(np.float32): (np.uint32, 0x7F800000),
+}  # all ones = inf or nan
 
 
 class ShardFormatError(ValueError):
@@ -179,7 +181,9 @@ def decode_sample(sample: dict, channels: int, preset: str) -> np.ndarray:
         found = meta.get("preset") if isinstance(meta, dict) else meta
         raise ShardFormatError(f"{key}: preset {found!r}, expected {preset!r}")
     if feats.ndim != 2 or feats.shape[1] != channels or feats.shape[0] < 1:
-        raise ShardFormatError(f"{key}: features shape {feats.shape}, expected (frames, {channels})")
+        raise ShardFormatError(
+            f"{key}: features shape {feats.shape}, expected (frames, {channels})"
+        )
     if feats.dtype not in EXPONENT_BITS:
         raise ShardFormatError(f"{key}: features dtype {feats.dtype}, expected float16")
     if not all_finite(feats):

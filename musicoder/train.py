@@ -24,10 +24,23 @@ from typing import Any, Literal
 import torch
 
 from musicoder import storage
-from musicoder.data import (DataConfig, DataPosition, ShardStream, check_preset, derive_seed,
-                            make_loader, read_manifest)
-from musicoder.model import (MaskingConfig, MusiCoder, MusiCoderConfig, flops_per_frame,
-                             reconstruction_loss, variant_config)
+from musicoder.data import (
+    DataConfig,
+    DataPosition,
+    ShardStream,
+    check_preset,
+    derive_seed,
+    make_loader,
+    read_manifest,
+)
+from musicoder.model import (
+    MaskingConfig,
+    MusiCoder,
+    MusiCoderConfig,
+    flops_per_frame,
+    reconstruction_loss,
+    variant_config,
+)
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
 from musicoder.training.tb import TrainLogger
@@ -59,8 +72,14 @@ class TrainConfig:
     peak_tflops: float = 989.0  # per-device dense bf16 peak for MFU (H100 SXM datasheet)
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "micro_batch", "grad_accum", "save_every", "keep_last",
-                    "log_every"):
+        for key in (
+            "max_steps",
+            "micro_batch",
+            "grad_accum",
+            "save_every",
+            "keep_last",
+            "log_every",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_steps", "image_every", "val_every"):
@@ -69,8 +88,10 @@ class TrainConfig:
         if self.lr <= 0 or self.peak_tflops <= 0:
             raise ValueError("train.lr and train.peak_tflops: must be > 0")
         if not storage.is_local(self.output_dir):
-            raise ValueError(f"train.output_dir: {self.output_dir} must be a local or shared "
-                             "filesystem path (DeepSpeed checkpoints and TensorBoard write files)")
+            raise ValueError(
+                f"train.output_dir: {self.output_dir} must be a local or shared "
+                "filesystem path (DeepSpeed checkpoints and TensorBoard write files)"
+            )
 
 
 @dataclass
@@ -111,16 +132,25 @@ def default_single_process_env() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
-                       ("MASTER_ADDR", "127.0.0.1")):
+    for key, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
         os.environ.setdefault(key, value)
 
 
 class Pretrainer:
     """Pre-training lifecycle: `setup()`, `train()`, `save()`, `close()`."""
 
-    def __init__(self, config: PretrainConfig, *, deepspeed_config: str,
-                 resume: Literal["auto"] | None = None) -> None:
+    def __init__(
+        self,
+        config: PretrainConfig,
+        *,
+        deepspeed_config: str,
+        resume: Literal["auto"] | None = None,
+    ) -> None:
         self.config, self.ds_path, self.resume = config, deepspeed_config, resume
         self.model_config = config.model_config()
         self.ckpt_dir = os.path.join(config.train.output_dir, checkpoint.CHECKPOINTS_DIR)
@@ -149,28 +179,44 @@ class Pretrainer:
         tag, universal = self._find_resume()
         base = read_deepspeed_json(self.ds_path)
         ds_cfg = build_deepspeed_config(
-            base, source=self.ds_path, lr=tcfg.lr, warmup_steps=tcfg.warmup_steps,
-            max_steps=tcfg.max_steps, micro_batch=tcfg.micro_batch, grad_accum=tcfg.grad_accum,
-            precision=tcfg.precision, load_universal=universal,
-            on_cpu=get_accelerator().device_name() == "cpu")
+            base,
+            source=self.ds_path,
+            lr=tcfg.lr,
+            warmup_steps=tcfg.warmup_steps,
+            max_steps=tcfg.max_steps,
+            micro_batch=tcfg.micro_batch,
+            grad_accum=tcfg.grad_accum,
+            precision=tcfg.precision,
+            load_universal=universal,
+            on_cpu=get_accelerator().device_name() == "cpu",
+        )
         # Identical initial weights on every rank and for every ZeRO stage (no zero.Init: it
         # draws partitions in another order; xl still fits host memory when built whole).
         torch.manual_seed(tcfg.seed)
         model = MusiCoder(self.model_config)
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                               config=ds_cfg)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=ds_cfg
+        )
         self.device, self.dtype = self.engine.device, DTYPES[tcfg.precision]
-        self.stream = ShardStream(manifest, cfg.data, cfg.masking, rank=self.rank,
-                                  world_size=self.world, batch_size=tcfg.micro_batch,
-                                  seed=tcfg.seed)
+        self.stream = ShardStream(
+            manifest,
+            cfg.data,
+            cfg.masking,
+            rank=self.rank,
+            world_size=self.world,
+            batch_size=tcfg.micro_batch,
+            seed=tcfg.seed,
+        )
         if tag is not None:
             self._load(tag)
         self.val_stream = self._make_val_stream(manifest)
         self.state.world_size, self.state.preset = self.world, manifest.preset
         self.state.config = _config_dict(cfg)
         self.state.feature = manifest.raw.get("feature", {})
-        self.state.stats = {"mean": manifest.raw["stats"]["mean"],
-                            "std": manifest.raw["stats"]["std"]}
+        self.state.stats = {
+            "mean": manifest.raw["stats"]["mean"],
+            "std": manifest.raw["stats"]["std"],
+        }
         if self.rank == 0:
             from musicoder.config import save_config
 
@@ -178,10 +224,14 @@ class Pretrainer:
         self.tb = TrainLogger(tcfg.output_dir, enabled=self.rank == 0)
         for sig in STOP_SIGNALS:
             self._old_handlers[sig] = signal.signal(sig, self._request_stop)
-        log_rank_zero("training %s (%d params) on %d rank(s), ZeRO-%d, %d batches/epoch/rank",
-                      cfg.variant, sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
-                      self.world,
-                      zero_stage(ds_cfg), self.stream.batches_per_epoch)
+        log_rank_zero(
+            "training %s (%d params) on %d rank(s), ZeRO-%d, %d batches/epoch/rank",
+            cfg.variant,
+            sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
+            self.world,
+            zero_stage(ds_cfg),
+            self.stream.batches_per_epoch,
+        )
 
     def _find_resume(self) -> tuple[str | None, bool]:
         """The tag to resume from and whether it needs universal loading (converted here)."""
@@ -196,8 +246,12 @@ class Pretrainer:
         saved = checkpoint.read_state(self.ckpt_dir, tag)
         if saved.world_size == self.world:
             return tag, False
-        log_rank_zero("resuming %s written by %d ranks on %d: universal checkpoint", tag,
-                      saved.world_size, self.world)
+        log_rank_zero(
+            "resuming %s written by %d ranks on %d: universal checkpoint",
+            tag,
+            saved.world_size,
+            self.world,
+        )
         if self.rank == 0:
             checkpoint.to_universal(self.ckpt_dir, tag)
         dist.barrier()
@@ -209,25 +263,38 @@ class Pretrainer:
             raise FileNotFoundError(f"{os.path.join(self.ckpt_dir, tag)}: cannot load checkpoint")
         self.state = checkpoint.read_state(self.ckpt_dir, tag)
         self.stream.set_position(self.state.position)
-        log_rank_zero("resumed from %s at step %d (epoch %d)", path, self.state.step,
-                      self.state.position.epoch)
+        log_rank_zero(
+            "resumed from %s at step %d (epoch %d)",
+            path,
+            self.state.step,
+            self.state.position.epoch,
+        )
 
     def _make_val_stream(self, manifest) -> ShardStream | None:
         if not manifest.val or self.config.train.val_every == 0:
             return None
         data = dataclasses.replace(self.config.data, num_workers=0)
         try:
-            return ShardStream(manifest, data, self.config.masking, rank=self.rank,
-                               world_size=self.world, batch_size=self.config.train.micro_batch,
-                               seed=self.config.train.seed, split="val", shuffle=False)
+            return ShardStream(
+                manifest,
+                data,
+                self.config.masking,
+                rank=self.rank,
+                world_size=self.world,
+                batch_size=self.config.train.micro_batch,
+                seed=self.config.train.seed,
+                split="val",
+                shuffle=False,
+            )
         except ValueError as exc:
             log_rank_zero("validation disabled: %s", exc)
             return None
 
     def _request_stop(self, signum: int, _frame) -> None:
         self.stop_requested = True
-        log.warning("rank %d: %s received, stopping after this step", self.rank,
-                    signal.Signals(signum).name)
+        log.warning(
+            "rank %d: %s received, stopping after this step", self.rank, signal.Signals(signum).name
+        )
 
     # ---------------------------------------------------------------- train
     def _epochs(self):
@@ -264,8 +331,10 @@ class Pretrainer:
                 loss = reconstruction_loss(out.reconstruction.float(), target)
                 engine.backward(loss.total)
                 engine.step()
-                sums[:4] += torch.tensor([loss.total.item(), loss.cfm.item(), loss.ccm.item(),
-                                          info.frames], dtype=torch.float64)
+                sums[:4] += torch.tensor(
+                    [loss.total.item(), loss.cfm.item(), loss.ccm.item(), info.frames],
+                    dtype=torch.float64,
+                )
             sums[4], sums[5] = sum(self._skipped.values()), float(self.stop_requested)
             sums = sums.to(self.device)
             dist.all_reduce(sums)
@@ -279,8 +348,13 @@ class Pretrainer:
             if step % tcfg.log_every == 0 or step == 1:
                 self._log_step(step, sums, elapsed, global_batch, target.features.shape[1])
             if tcfg.image_every and step % tcfg.image_every == 0:
-                self.tb.reconstruction(step, target.features[0], target.masked_input[0],
-                                       out.reconstruction[0].detach(), target.valid[0])
+                self.tb.reconstruction(
+                    step,
+                    target.features[0],
+                    target.masked_input[0],
+                    out.reconstruction[0].detach(),
+                    target.valid[0],
+                )
             if tcfg.val_every and step % tcfg.val_every == 0:
                 self.validate()
             if sums[5] > 0 or step % tcfg.save_every == 0 or step == tcfg.max_steps:
@@ -290,24 +364,36 @@ class Pretrainer:
                 break
         return self.state
 
-    def _log_step(self, step: int, sums: torch.Tensor, elapsed: float, global_batch: int,
-                  seq_len: int) -> None:
+    def _log_step(
+        self, step: int, sums: torch.Tensor, elapsed: float, global_batch: int, seq_len: int
+    ) -> None:
         n = self.world * self.config.train.grad_accum
         frames_per_s = float(sums[3]) / elapsed
         tflops = flops_per_frame(self.model_config, seq_len) * frames_per_s / 1e12 / self.world
         norm = self.engine.get_global_grad_norm()
-        values = {"loss/total": float(sums[0]) / n, "loss/cfm": float(sums[1]) / n,
-                  "loss/ccm": float(sums[2]) / n, "opt/lr": self.engine.get_lr()[0],
-                  "perf/samples_per_s": global_batch / elapsed, "perf/frames_per_s": frames_per_s,
-                  "perf/tflops_per_device": tflops,
-                  "perf/mfu": tflops / self.config.train.peak_tflops,
-                  "perf/memory_gib": _memory_gib(), "data/skipped_shards": float(sums[4]),
-                  "data/epoch": float(self.state.position.epoch)}
+        values = {
+            "loss/total": float(sums[0]) / n,
+            "loss/cfm": float(sums[1]) / n,
+            "loss/ccm": float(sums[2]) / n,
+            "opt/lr": self.engine.get_lr()[0],
+            "perf/samples_per_s": global_batch / elapsed,
+            "perf/frames_per_s": frames_per_s,
+            "perf/tflops_per_device": tflops,
+            "perf/mfu": tflops / self.config.train.peak_tflops,
+            "perf/memory_gib": _memory_gib(),
+            "data/skipped_shards": float(sums[4]),
+            "data/epoch": float(self.state.position.epoch),
+        }
         if norm is not None:
             values["opt/grad_norm"] = float(norm)
         self.tb.scalars(step, values)
-        log_rank_zero("step %d loss %.4f lr %.3g %.0f frames/s", step, values["loss/total"],
-                      values["opt/lr"], frames_per_s)
+        log_rank_zero(
+            "step %d loss %.4f lr %.3g %.0f frames/s",
+            step,
+            values["loss/total"],
+            values["opt/lr"],
+            frames_per_s,
+        )
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -323,8 +409,10 @@ class Pretrainer:
                 break
             target = batch.to(self.device)
             out = self.engine(target.masked_input.to(self.dtype), target.valid)
-            sums += torch.tensor([reconstruction_loss(out.reconstruction.float(), target)
-                                  .total.item(), 1.0], dtype=torch.float64)
+            sums += torch.tensor(
+                [reconstruction_loss(out.reconstruction.float(), target).total.item(), 1.0],
+                dtype=torch.float64,
+            )
         self.engine.train()
         sums = sums.to(self.device)
         dist.all_reduce(sums)
@@ -335,8 +423,9 @@ class Pretrainer:
     # ---------------------------------------------------------------- save / close
     def save(self) -> str:
         """Checkpoint on every rank (collective); returns the tag."""
-        tag = checkpoint.save(self.engine, self.ckpt_dir, self.state,
-                              keep_last=self.config.train.keep_last)
+        tag = checkpoint.save(
+            self.engine, self.ckpt_dir, self.state, keep_last=self.config.train.keep_last
+        )
         self.tb.flush()
         return tag
 
@@ -368,8 +457,9 @@ def _memory_gib() -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def run(config: PretrainConfig, *, deepspeed_config: str,
-        resume: Literal["auto"] | None = None) -> checkpoint.ClientState:
+def run(
+    config: PretrainConfig, *, deepspeed_config: str, resume: Literal["auto"] | None = None
+) -> checkpoint.ClientState:
     """Pre-train with `config`; returns the final client state (step, samples, position)."""
     trainer = Pretrainer(config, deepspeed_config=deepspeed_config, resume=resume)
     try:

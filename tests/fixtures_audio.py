@@ -153,22 +153,50 @@ def _nan_at_3s(path: Path) -> None:
 AUDIO_CASES = {
     # Bad input, each with its typed error.
     "zero_bytes.wav": (lambda p: p.write_bytes(b""), "UnreadableAudioError", False, None),
-    "header_only.wav": (lambda p: write_raw_wav(p, np.zeros((0, 1)), 44100), "EmptyAudioError",
-                        False, None),
-    "random_bytes.mp3": (lambda p: p.write_bytes(np.random.default_rng(7).bytes(50_000)),
-                         "UnreadableAudioError", False, None),
+    "header_only.wav": (
+        lambda p: write_raw_wav(p, np.zeros((0, 1)), 44100),
+        "EmptyAudioError",
+        False,
+        None,
+    ),
+    "random_bytes.mp3": (
+        lambda p: p.write_bytes(np.random.default_rng(7).bytes(50_000)),
+        "UnreadableAudioError",
+        False,
+        None,
+    ),
     "text.flac": (lambda p: p.write_text("not audio\n" * 100), "UnreadableAudioError", False, None),
     "one_second.wav": (lambda p: write_tone(p, 1.0), "TooShortError", False, None),
-    "silence.flac": (lambda p: sf.write(p, np.zeros(3 * 44100), 44100), "SilentAudioError",
-                     False, None),
-    "rate_4k.wav": (lambda p: write_raw_wav(p, synth(3.0, 4000), 4000), "SampleRateError",
-                    False, None),
-    "rate_250k.wav": (lambda p: write_raw_wav(p, synth(3.0, 250_000), 250_000),
-                      "SampleRateError", False, None),
-    "channels_5000.wav": (lambda p: write_raw_wav(p, synth(1.0, 8000), 8000, channels=5000),
-                          "UnreadableAudioError", False, None),
-    "truncated_short.wav": (lambda p: truncate_file(write_tone(p, 6.0), 0.2), "TooShortError",
-                            False, None),
+    "silence.flac": (
+        lambda p: sf.write(p, np.zeros(3 * 44100), 44100),
+        "SilentAudioError",
+        False,
+        None,
+    ),
+    "rate_4k.wav": (
+        lambda p: write_raw_wav(p, synth(3.0, 4000), 4000),
+        "SampleRateError",
+        False,
+        None,
+    ),
+    "rate_250k.wav": (
+        lambda p: write_raw_wav(p, synth(3.0, 250_000), 250_000),
+        "SampleRateError",
+        False,
+        None,
+    ),
+    "channels_5000.wav": (
+        lambda p: write_raw_wav(p, synth(1.0, 8000), 8000, channels=5000),
+        "UnreadableAudioError",
+        False,
+        None,
+    ),
+    "truncated_short.wav": (
+        lambda p: truncate_file(write_tone(p, 6.0), 0.2),
+        "TooShortError",
+        False,
+        None,
+    ),
     # Broken part-way with a usable prefix: accepted and flagged truncated.
     "truncated.wav": (lambda p: truncate_file(write_tone(p, 6.0), 0.6), None, True, (3.5, 3.7)),
     "truncated.flac": (lambda p: truncate_file(write_tone(p, 6.0), 0.6), None, True, (2.0, 3.7)),
@@ -177,12 +205,14 @@ AUDIO_CASES = {
     "nan_at_3s.wav": (_nan_at_3s, None, True, (3.0, 3.0)),
     # Odd but good.
     "six_channels.wav": (lambda p: write_tone(p, 3.0, channels=6), None, False, (3.0, 3.0)),
-    "hires_96k_24bit.flac": (lambda p: write_tone(p, 3.0, 96000, channels=2, subtype="PCM_24"),
-                             None, False, (3.0, 3.0)),
-    "UPPER.WAV": (lambda p: write_tone(p, 3.0, 48000), None, False, (3.0, 3.0)),
-    "name.with.dots and spaces ñ 音楽.ogg": (
-        lambda p: write_tone(p, 3.0), None, False, (3.0, 3.0)
+    "hires_96k_24bit.flac": (
+        lambda p: write_tone(p, 3.0, 96000, channels=2, subtype="PCM_24"),
+        None,
+        False,
+        (3.0, 3.0),
     ),
+    "UPPER.WAV": (lambda p: write_tone(p, 3.0, 48000), None, False, (3.0, 3.0)),
+    "name.with.dots and spaces ñ 音楽.ogg": (lambda p: write_tone(p, 3.0), None, False, (3.0, 3.0)),
     "vorbis.oga": (lambda p: write_tone(p, 3.0, 32000, channels=2), None, False, (3.0, 3.0)),
     "stereo.mp3": (lambda p: write_tone(p, 3.0, channels=2), None, False, (3.0, 3.0)),
 }

@@ -48,8 +48,15 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(root: pathlib.Path, name: str, split: str, sizes: Sequence[int],
-                rng: np.random.Generator, *, preset: str = PRESET) -> dict:
+def write_shard(
+    root: pathlib.Path,
+    name: str,
+    split: str,
+    sizes: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    preset: str = PRESET,
+) -> dict:
     """Write `<name>.tar` with one sample per entry of `sizes` (frames) and its index JSON."""
     buf, keys = io.BytesIO(), []
     total = np.zeros(CHANNELS)
@@ -60,9 +67,17 @@ def write_shard(root: pathlib.Path, name: str, split: str, sizes: Sequence[int],
             feats = make_features(rng, frames)
             npy = io.BytesIO()
             np.save(npy, feats, allow_pickle=False)
-            meta = {"source": f"file:///corpus/{name}/{i}.wav", "source_sha1": key[:16],
-                    "segment": i, "offset": 0.0, "seconds": frames / 21.533,
-                    "sample_rate": 22050, "frames": frames, "preset": preset, "truncated": False}
+            meta = {
+                "source": f"file:///corpus/{name}/{i}.wav",
+                "source_sha1": key[:16],
+                "segment": i,
+                "offset": 0.0,
+                "seconds": frames / 21.533,
+                "sample_rate": 22050,
+                "frames": frames,
+                "preset": preset,
+                "truncated": False,
+            }
             _member(tar, f"{key}.feat.npy", npy.getvalue())
             _member(tar, f"{key}.json", json.dumps(meta).encode())
             keys.append(key)
@@ -71,19 +86,35 @@ def write_shard(root: pathlib.Path, name: str, split: str, sizes: Sequence[int],
             sumsq += (f64**2).sum(0)
     data = buf.getvalue()
     (root / f"{name}.tar").write_bytes(data)
-    index = {"name": f"{name}.tar", "split": split, "samples": len(sizes), "frames": int(sum(sizes)),
-             "seconds": sum(sizes) / 21.533, "bytes": len(data),
-             "sha256": hashlib.sha256(data).hexdigest(), "keys": keys,
-             "sample_frames": list(sizes), "sum": total.tolist(), "sumsq": sumsq.tolist(),
-             "count": int(sum(sizes)), "files": {"accepted": len(sizes), "rejected": 0,
-                                                 "truncated": 0}, "rejects": []}
+    index = {
+        "name": f"{name}.tar",
+        "split": split,
+        "samples": len(sizes),
+        "frames": int(sum(sizes)),
+        "seconds": sum(sizes) / 21.533,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "keys": keys,
+        "sample_frames": list(sizes),
+        "sum": total.tolist(),
+        "sumsq": sumsq.tolist(),
+        "count": int(sum(sizes)),
+        "files": {"accepted": len(sizes), "rejected": 0, "truncated": 0},
+        "rejects": [],
+    }
     (root / f"{name}.json").write_text(json.dumps(index))
     return index
 
 
-def write_shard_set(root: pathlib.Path, train: Sequence[int], val: Sequence[int] = (4,), *,
-                    frames: tuple[int, int] = (48, 160), seed: int = 0,
-                    preset: str = PRESET) -> pathlib.Path:
+def write_shard_set(
+    root: pathlib.Path,
+    train: Sequence[int],
+    val: Sequence[int] = (4,),
+    *,
+    frames: tuple[int, int] = (48, 160),
+    seed: int = 0,
+    preset: str = PRESET,
+) -> pathlib.Path:
     """Write a complete shard set: `train[i]` samples in train shard i, `val[j]` in val shard j.
 
     Clip lengths are uniform in `frames` (some longer than a typical `max_frames`, to exercise
@@ -97,8 +128,14 @@ def write_shard_set(root: pathlib.Path, train: Sequence[int], val: Sequence[int]
         for i, n in enumerate(counts):
             sizes = [int(x) for x in rng.integers(frames[0], frames[1] + 1, size=n)]
             index = write_shard(root, f"{prefix}-{i:06d}", split, sizes, rng, preset=preset)
-            entries[split].append({"name": index["name"], "samples": n, "frames": index["frames"],
-                                   "bytes": index["bytes"]})
+            entries[split].append(
+                {
+                    "name": index["name"],
+                    "samples": n,
+                    "frames": index["frames"],
+                    "bytes": index["bytes"],
+                }
+            )
             if split == "train":
                 total += index["sum"]
                 sumsq += index["sumsq"]
@@ -107,16 +144,29 @@ def write_shard_set(root: pathlib.Path, train: Sequence[int], val: Sequence[int]
     std = np.sqrt(np.maximum(sumsq / count - mean**2, 0.0))
     segments = sum(train) + sum(val)
     frames_all = sum(e["frames"] for e in entries["train"] + entries["val"])
-    manifest = {"format": "musicoder-shards", "format_version": 1, "preset": preset,
-                "feature": {"preset": preset, "sample_rate": 22050, "n_fft": 2048,
-                            "hop_length": 1024}, "channels": CHANNELS,
-                "counts": {"inputs": segments, "accepted": segments, "rejected": 0,
-                           "truncated": 0, "segments": segments, "frames": frames_all,
-                           "hours": frames_all / 21.533 / 3600},
-                "train": entries["train"], "val": entries["val"],
-                "stats": {"count": count, "mean": mean.tolist(), "std": std.tolist()},
-                "plan_fingerprint": "0" * 64, "config": {}, "code_version": "0.1.0",
-                "created": "2026-01-01T00:00:00Z"}
+    manifest = {
+        "format": "musicoder-shards",
+        "format_version": 1,
+        "preset": preset,
+        "feature": {"preset": preset, "sample_rate": 22050, "n_fft": 2048, "hop_length": 1024},
+        "channels": CHANNELS,
+        "counts": {
+            "inputs": segments,
+            "accepted": segments,
+            "rejected": 0,
+            "truncated": 0,
+            "segments": segments,
+            "frames": frames_all,
+            "hours": frames_all / 21.533 / 3600,
+        },
+        "train": entries["train"],
+        "val": entries["val"],
+        "stats": {"count": count, "mean": mean.tolist(), "std": std.tolist()},
+        "plan_fingerprint": "0" * 64,
+        "config": {},
+        "code_version": "0.1.0",
+        "created": "2026-01-01T00:00:00Z",
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
@@ -130,8 +180,9 @@ def shard_set(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def uneven_shard_set(tmp_path_factory) -> pathlib.Path:
     """Seven train shards with sizes that divide nothing evenly (42 clips)."""
-    return write_shard_set(tmp_path_factory.mktemp("shards_uneven"), [11, 3, 7, 1, 9, 5, 6],
-                           frames=(20, 40), seed=2)
+    return write_shard_set(
+        tmp_path_factory.mktemp("shards_uneven"), [11, 3, 7, 1, 9, 5, 6], frames=(20, 40), seed=2
+    )
 
 
 @pytest.fixture(scope="session")
@@ -147,9 +198,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DEEPSPEED = pathlib.Path(sys.executable).parent / "deepspeed"
 RUN_TIMEOUT_S = 300
 # A short, fast, learnable run: 16 steps, a checkpoint every 4 (2 kept), metrics every step.
-RUN_SETTINGS = ("train.max_steps=16", "train.save_every=4", "train.keep_last=2",
-                "train.log_every=1", "train.val_every=8", "train.image_every=8", "train.lr=3e-3",
-                "train.warmup_steps=4", "train.micro_batch=4", "data.num_workers=1")
+RUN_SETTINGS = (
+    "train.max_steps=16",
+    "train.save_every=4",
+    "train.keep_last=2",
+    "train.log_every=1",
+    "train.val_every=8",
+    "train.image_every=8",
+    "train.lr=3e-3",
+    "train.warmup_steps=4",
+    "train.micro_batch=4",
+    "data.num_workers=1",
+)
 
 
 def free_port() -> int:
@@ -159,23 +219,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pretrain_command(out: pathlib.Path, manifest: str, *, zero: int = 2, procs: int | None = 2,
-                     settings: Sequence[str] = (), resume: bool = False) -> list[str]:
+def pretrain_command(
+    out: pathlib.Path,
+    manifest: str,
+    *,
+    zero: int = 2,
+    procs: int | None = 2,
+    settings: Sequence[str] = (),
+    resume: bool = False,
+) -> list[str]:
     """`deepspeed --num_gpus N launch/pretrain.py ...` (or plain python when procs is None)."""
-    launcher = ([str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(free_port())]
-                if procs else [sys.executable])
+    launcher = (
+        [str(DEEPSPEED), "--num_gpus", str(procs), "--master_port", str(free_port())]
+        if procs
+        else [sys.executable]
+    )
     sets = [f"data.manifest={manifest}", f"train.output_dir={out}", *RUN_SETTINGS, *settings]
-    return [*launcher, str(REPO / "launch" / "pretrain.py"), "--config",
-            str(REPO / "configs" / "pretrain" / "tiny-cpu.yaml"), "--deepspeed",
-            str(REPO / "configs" / "deepspeed" / f"zero{zero}.json"),
-            *[arg for item in sets for arg in ("--set", item)],
-            *(["--resume", "auto"] if resume else [])]
+    return [
+        *launcher,
+        str(REPO / "launch" / "pretrain.py"),
+        "--config",
+        str(REPO / "configs" / "pretrain" / "tiny-cpu.yaml"),
+        "--deepspeed",
+        str(REPO / "configs" / "deepspeed" / f"zero{zero}.json"),
+        *[arg for item in sets for arg in ("--set", item)],
+        *(["--resume", "auto"] if resume else []),
+    ]
 
 
 def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for launched runs: one thread per process, no inherited rank variables."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra or {}))
     return env
 
@@ -189,11 +267,19 @@ class PretrainRun:
     log: str
 
 
-def run_pretrain(out: pathlib.Path, manifest: str, *, env: dict[str, str] | None = None,
-                 **kwargs) -> PretrainRun:
+def run_pretrain(
+    out: pathlib.Path, manifest: str, *, env: dict[str, str] | None = None, **kwargs
+) -> PretrainRun:
     """Run a pre-training launch to completion (see `pretrain_command` for kwargs)."""
-    proc = subprocess.run(pretrain_command(out, manifest, **kwargs), cwd=REPO, env=run_env(env),
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        pretrain_command(out, manifest, **kwargs),
+        cwd=REPO,
+        env=run_env(env),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
     return PretrainRun(out, proc.returncode, proc.stdout + proc.stderr)
 
 
@@ -215,10 +301,14 @@ def s3_shard_set(shard_set, s3_server) -> tuple[str, dict[str, str]]:
     admin.create_bucket(Bucket=bucket)
     for path in sorted(shard_set.iterdir()):
         admin.upload_file(str(path), bucket, f"shards/{path.name}")
-    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-           "AWS_SECRET_ACCESS_KEY": ACCESS_KEY, "AWS_DEFAULT_REGION": REGION,
-           "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials"}
+    env = {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": ACCESS_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+    }
     return f"s3://{bucket}/shards", env
 
 

@@ -10,18 +10,34 @@ import numpy as np
 import pytest
 import torch
 
-from musicoder.data import (DataConfig, DataPosition, ShardFormatError, ShardStream,
-                            check_preset, make_loader, plan_epoch, read_manifest)
+from musicoder.data import (
+    DataConfig,
+    DataPosition,
+    ShardFormatError,
+    ShardStream,
+    check_preset,
+    make_loader,
+    plan_epoch,
+    read_manifest,
+)
 from musicoder.model import MaskingConfig
 
 BATCH = 3
 
 
 def _stream(root, *, rank=0, world=1, workers=0, seed=0, **data) -> ShardStream:
-    cfg = DataConfig(manifest=str(root), num_workers=workers, max_frames=32, shuffle_buffer=8,
-                     **data)
-    return ShardStream(read_manifest(str(root)), cfg, MaskingConfig(), rank=rank,
-                       world_size=world, batch_size=BATCH, seed=seed)
+    cfg = DataConfig(
+        manifest=str(root), num_workers=workers, max_frames=32, shuffle_buffer=8, **data
+    )
+    return ShardStream(
+        read_manifest(str(root)),
+        cfg,
+        MaskingConfig(),
+        rank=rank,
+        world_size=world,
+        batch_size=BATCH,
+        seed=seed,
+    )
 
 
 def _collect(stream: ShardStream) -> list:
@@ -34,8 +50,9 @@ def test_plan_gives_every_rank_the_same_quota(sizes, seed):
     for world, workers in [(1, 1), (2, 2), (3, 2), (4, 3)]:
         if sum(sizes) < world * BATCH:
             continue
-        plans = plan_epoch(sizes, world_size=world, num_workers=workers, batch_size=BATCH,
-                           seed=seed, epoch=seed)
+        plans = plan_epoch(
+            sizes, world_size=world, num_workers=workers, batch_size=BATCH, seed=seed, epoch=seed
+        )
         quotas = [sum(p.batches for p in rank) for rank in plans]
         assert quotas == [sum(sizes) // (world * BATCH)] * world
         slots = [p for rank in plans for p in rank]
@@ -75,8 +92,10 @@ def test_streams_are_deterministic_and_seed_dependent(uneven_shard_set):
     c = _collect(_stream(uneven_shard_set, workers=2, seed=6))
     for (x, _), (y, _) in zip(a, b, strict=True):
         assert torch.equal(x.masked_input, y.masked_input) and torch.equal(x.cfm, y.cfm)
-    assert any(x.features.shape != z.features.shape or not torch.equal(x.features, z.features)
-               for (x, _), (z, _) in zip(a, c))
+    assert any(
+        x.features.shape != z.features.shape or not torch.equal(x.features, z.features)
+        for (x, _), (z, _) in zip(a, c)
+    )
 
 
 def test_epochs_differ_and_resume_replays_exactly(uneven_shard_set):
@@ -87,8 +106,9 @@ def test_epochs_differ_and_resume_replays_exactly(uneven_shard_set):
     for _, info in full[:5]:
         consumed[info.worker] = info.consumed
     resumed = _stream(uneven_shard_set, workers=2, seed=1)
-    resumed.set_position(DataPosition(epoch=3, consumed=consumed, world_size=1, num_workers=2,
-                                      batch_size=BATCH))
+    resumed.set_position(
+        DataPosition(epoch=3, consumed=consumed, world_size=1, num_workers=2, batch_size=BATCH)
+    )
     rest = _collect(resumed)
     assert len(rest) == len(full) - 5
     for (x, _), (y, _) in zip(full[5:], rest, strict=True):
@@ -99,8 +119,9 @@ def test_epochs_differ_and_resume_replays_exactly(uneven_shard_set):
 
 def test_position_maps_to_another_world_size(uneven_shard_set):
     stream = _stream(uneven_shard_set, workers=2)
-    stream.set_position(DataPosition(epoch=2, consumed=[6, 3], world_size=2, num_workers=2,
-                                     batch_size=BATCH))
+    stream.set_position(
+        DataPosition(epoch=2, consumed=[6, 3], world_size=2, num_workers=2, batch_size=BATCH)
+    )
     # 2 ranks x 9 samples = 18 consumed; one rank of batch 3 skips 6 batches, 3 per worker
     assert stream.epoch == 2 and stream.skip == [9, 9]
     assert len(_collect(stream)) == stream.batches_per_epoch - 6
@@ -108,17 +129,19 @@ def test_position_maps_to_another_world_size(uneven_shard_set):
 
 def test_cmvn_uses_manifest_stats(few_shard_set):
     manifest = read_manifest(str(few_shard_set))
-    cfg = DataConfig(manifest=str(few_shard_set), num_workers=0, max_frames=1000,
-                     shuffle_buffer=0)
-    stream = ShardStream(manifest, cfg, MaskingConfig(), rank=0, world_size=1, batch_size=23,
-                         seed=0, shuffle=False)
-    (batch, _), = _collect(stream)
+    cfg = DataConfig(manifest=str(few_shard_set), num_workers=0, max_frames=1000, shuffle_buffer=0)
+    stream = ShardStream(
+        manifest, cfg, MaskingConfig(), rank=0, world_size=1, batch_size=23, seed=0, shuffle=False
+    )
+    ((batch, _),) = _collect(stream)
     frames = batch.features[batch.valid].double()  # all train frames, normalized
     assert frames.shape[0] == manifest.raw["stats"]["count"]
-    torch.testing.assert_close(frames.mean(0), torch.zeros(324, dtype=torch.float64), atol=2e-3,
-                               rtol=0)
-    torch.testing.assert_close(frames.std(0), torch.ones(324, dtype=torch.float64), atol=2e-2,
-                               rtol=0)
+    torch.testing.assert_close(
+        frames.mean(0), torch.zeros(324, dtype=torch.float64), atol=2e-3, rtol=0
+    )
+    torch.testing.assert_close(
+        frames.std(0), torch.ones(324, dtype=torch.float64), atol=2e-2, rtol=0
+    )
     assert not torch.equal(batch.masked_input, batch.features)
 
 

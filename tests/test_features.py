@@ -11,8 +11,13 @@ from musicoder.demo_corpus import render_track
 SR = 22050
 HOP = 1024
 N_FFT = 2048
-CQT_KW = {"sr": SR, "hop_length": HOP, "fmin": librosa.note_to_hz("C1"), "n_bins": 144,
-          "bins_per_octave": 24}
+CQT_KW = {
+    "sr": SR,
+    "hop_length": HOP,
+    "fmin": librosa.note_to_hz("C1"),
+    "n_bins": 144,
+    "bins_per_octave": 24,
+}
 
 
 def mean_channel_corr(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -29,8 +34,9 @@ def mean_channel_corr(ours: np.ndarray, ref: np.ndarray) -> float:
 def music() -> np.ndarray:
     """~17 s of demo-corpus music: four genres (instruments with harmonics and envelopes, bass,
     drums), then a mix buried in white noise at -20 dB."""
-    parts = [render_track(genre, 11, 3.5, SR)[0] for genre in ("rock", "jazz", "classical",
-                                                                "electronic")]
+    parts = [
+        render_track(genre, 11, 3.5, SR)[0] for genre in ("rock", "jazz", "classical", "electronic")
+    ]
     mix = render_track("hiphop", 12, 3.0, SR)[0]
     noise = np.random.default_rng(0).standard_normal(len(mix)) * 0.1 * np.abs(mix).max()
     return np.concatenate(parts + [mix + noise.astype(np.float32)])
@@ -56,8 +62,10 @@ def reference(music) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("block,threshold", [("chroma", 0.95), ("mfcc", 0.99), ("delta", 0.99),
-                                             ("mel", 0.99), ("cqt", 0.95)])
+@pytest.mark.parametrize(
+    "block,threshold",
+    [("chroma", 0.95), ("mfcc", 0.99), ("delta", 0.99), ("mel", 0.99), ("cqt", 0.95)],
+)
 def test_blocks_correlate_with_librosa(ours, reference, block, threshold):
     where = fx.channel_blocks()[block]
     assert mean_channel_corr(ours[where], reference[block]) >= threshold
@@ -93,14 +101,16 @@ def test_cqt_resolves_lowest_octave():
 
 def test_filterbanks_match_librosa():
     cfg = fx.preset_config(fx.MUSICODER324)
-    np.testing.assert_allclose(fx.chroma_filterbank(cfg),
-                               librosa.filters.chroma(sr=SR, n_fft=N_FFT, tuning=0.0), atol=1e-6)
+    np.testing.assert_allclose(
+        fx.chroma_filterbank(cfg), librosa.filters.chroma(sr=SR, n_fft=N_FFT, tuning=0.0), atol=1e-6
+    )
     mel, start = torch.zeros(N_FFT // 2 + 1, 128), 0  # rebuild the dense bank from its blocks
     for lo, hi, weights in fx.get_extractor(cfg).mel_groups:
         mel[lo:hi, start : start + weights.shape[1]] = weights
         start += weights.shape[1]
-    np.testing.assert_allclose(mel.T.numpy(), librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=128),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        mel.T.numpy(), librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=128), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("frames", [9, 10, 57])
@@ -128,9 +138,13 @@ def test_frame_count_matches_librosa(samples):
 
 def test_layout_of_presets():
     assert fx.num_channels(fx.MUSICODER324) == 324 and fx.num_channels(fx.LOGMEL128) == 128
-    assert fx.channel_blocks() == {"chroma": slice(0, 12), "mfcc": slice(12, 32),
-                                   "delta": slice(32, 52), "mel": slice(52, 180),
-                                   "cqt": slice(180, 324)}
+    assert fx.channel_blocks() == {
+        "chroma": slice(0, 12),
+        "mfcc": slice(12, 32),
+        "delta": slice(32, 52),
+        "mel": slice(52, 180),
+        "cqt": slice(180, 324),
+    }
     assert fx.channel_blocks(fx.LOGMEL128) == {"mel": slice(0, 128)}
 
 
@@ -148,8 +162,10 @@ def test_batched_equals_per_item_and_dtypes(music):
 def test_logmel128_is_the_mel_block_of_musicoder324(music):
     x = torch.from_numpy(music[: 4 * SR])
     full = fx.extract_features(x, out_dtype=torch.float32)
-    torch.testing.assert_close(fx.extract_features(x, fx.LOGMEL128, out_dtype=torch.float32),
-                               full[:, fx.channel_blocks()["mel"]])
+    torch.testing.assert_close(
+        fx.extract_features(x, fx.LOGMEL128, out_dtype=torch.float32),
+        full[:, fx.channel_blocks()["mel"]],
+    )
 
 
 def test_deterministic_and_input_untouched(music):
@@ -164,8 +180,11 @@ def test_deterministic_and_input_untouched(music):
 @pytest.mark.parametrize("kind", ["silence", "tiny", "loud"])
 def test_always_finite(samples, kind):
     rng = np.random.default_rng(samples)
-    x = {"silence": np.zeros(samples), "tiny": rng.standard_normal(samples) * 1e-9,
-         "loud": np.sign(rng.standard_normal(samples)) * 8.0}[kind]
+    x = {
+        "silence": np.zeros(samples),
+        "tiny": rng.standard_normal(samples) * 1e-9,
+        "loud": np.sign(rng.standard_normal(samples)) * 8.0,
+    }[kind]
     for preset in (fx.MUSICODER324, fx.LOGMEL128):
         out = fx.extract_features(torch.from_numpy(x).float(), preset)
         assert out.shape == (fx.num_frames(samples), fx.num_channels(preset))

@@ -29,8 +29,15 @@ def test_json_parses(path: Path) -> None:
 
 
 def test_expected_files_present() -> None:
-    for rel in ("ray/cluster.yaml", "k8s/rayjob-shard.yaml", "k8s/pretrain.yaml", "deepspeed/hostfile.example",
-                "slurm/pretrain.sbatch", "compose/docker-compose.yml", "grafana/musicoder.json"):
+    for rel in (
+        "ray/cluster.yaml",
+        "k8s/rayjob-shard.yaml",
+        "k8s/pretrain.yaml",
+        "deepspeed/hostfile.example",
+        "slurm/pretrain.sbatch",
+        "compose/docker-compose.yml",
+        "grafana/musicoder.json",
+    ):
         assert (PLATFORM / rel).is_file(), rel
 
 
@@ -68,8 +75,11 @@ def test_grafana_dashboard_queries_shard_metrics() -> None:
 
 
 def test_hostfile_format() -> None:
-    lines = [ln for ln in (PLATFORM / "deepspeed/hostfile.example").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln
+        for ln in (PLATFORM / "deepspeed/hostfile.example").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert lines and all(re.fullmatch(r"\S+ slots=\d+", ln) for ln in lines)
 
 
@@ -81,6 +91,10 @@ def _compose_available() -> bool:
 
 @pytest.mark.skipif(not _compose_available(), reason="docker compose is not installed")
 def test_compose_config_validates() -> None:
-    out = subprocess.run(["docker", "compose", "-f", str(PLATFORM / "compose/docker-compose.yml"), "config", "-q"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["docker", "compose", "-f", str(PLATFORM / "compose/docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr

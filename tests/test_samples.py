@@ -9,8 +9,13 @@ import tarfile
 import numpy as np
 import pytest
 
-from musicoder.samples import (ShardFormatError, all_finite, decode_features, iter_members,
-                               iter_samples)
+from musicoder.samples import (
+    ShardFormatError,
+    all_finite,
+    decode_features,
+    iter_members,
+    iter_samples,
+)
 
 
 def _tar(members: list[tuple[str, bytes]], fmt: int) -> bytes:
@@ -44,8 +49,12 @@ class ShortReads(io.RawIOBase):
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_members_match_tarfile(fmt):
     long = "deep/" * 30 + "k\u00e9y_00001.feat.npy"  # > 100 chars, non-ASCII: GNU/pax records
-    members = [("a_00000.feat.npy", b"x" * 700), ("a_00000.json", b"{}"), ("empty.bin", b""),
-               ("b_00000.json", bytes(range(256)) * 3)]
+    members = [
+        ("a_00000.feat.npy", b"x" * 700),
+        ("a_00000.json", b"{}"),
+        ("empty.bin", b""),
+        ("b_00000.json", bytes(range(256)) * 3),
+    ]
     if fmt != tarfile.USTAR_FORMAT:
         members.append((long, b"long" * 200))
     data = _tar(members, fmt)
@@ -54,8 +63,15 @@ def test_members_match_tarfile(fmt):
 
 
 def test_samples_group_by_key_and_reject_duplicates():
-    data = _tar([("a_0.feat.npy", b"1"), ("a_0.json", b"2"), ("dir/b_1.json", b"3"),
-                 ("README", b"no suffix")], tarfile.USTAR_FORMAT)
+    data = _tar(
+        [
+            ("a_0.feat.npy", b"1"),
+            ("a_0.json", b"2"),
+            ("dir/b_1.json", b"3"),
+            ("README", b"no suffix"),
+        ],
+        tarfile.USTAR_FORMAT,
+    )
     samples = list(iter_samples(io.BytesIO(data), "x.tar"))
     assert [s["__key__"] for s in samples] == ["a_0", "dir/b_1"]
     assert bytes(samples[0]["feat.npy"]) == b"1" and bytes(samples[1]["json"]) == b"3"
@@ -74,12 +90,15 @@ def test_truncated_and_corrupt_tars_raise():
         list(iter_members(io.BytesIO(b"not a tar at all" * 100)))
 
 
-@pytest.mark.parametrize("array", [
-    np.arange(12, dtype=np.float16).reshape(4, 3),
-    np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3)),
-    np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian: converted to native
-    np.zeros((0, 5), dtype=np.float16),
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float16).reshape(4, 3),
+        np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3)),
+        np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian: converted to native
+        np.zeros((0, 5), dtype=np.float16),
+    ],
+)
 def test_decode_features_equals_numpy(array):
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)

@@ -23,11 +23,20 @@ from musicoder.train import PretrainConfig
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json
 
-SCALARS = ("loss/total", "loss/cfm", "loss/ccm", "loss/val", "opt/lr", "opt/grad_norm",
-           "perf/samples_per_s", "perf/frames_per_s", "perf/tflops_per_device", "perf/mfu",
-           "perf/memory_gib")
-KNOBS = dict(lr=1e-3, warmup_steps=5, max_steps=100, micro_batch=4, grad_accum=2,
-             precision="bf16")
+SCALARS = (
+    "loss/total",
+    "loss/cfm",
+    "loss/ccm",
+    "loss/val",
+    "opt/lr",
+    "opt/grad_norm",
+    "perf/samples_per_s",
+    "perf/frames_per_s",
+    "perf/tflops_per_device",
+    "perf/mfu",
+    "perf/memory_gib",
+)
+KNOBS = dict(lr=1e-3, warmup_steps=5, max_steps=100, micro_batch=4, grad_accum=2, precision="bf16")
 
 
 def _events(path) -> EventAccumulator:
@@ -41,8 +50,14 @@ def _scalar(acc: EventAccumulator, tag: str) -> dict[int, float]:
 
 
 def _export(src, out) -> dict[str, torch.Tensor]:
-    proc = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(src), str(out)],
-                          cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "export.py"), str(src), str(out)],
+        cwd=REPO,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return load_file(str(out / "encoder.safetensors"))
 
@@ -63,10 +78,15 @@ def test_deepspeed_config_injects_yaml_knobs():
     assert decay["optimizer"]["type"] == "AdamW"
 
 
-@pytest.mark.parametrize("bad", [{"optimizer": {"params": {"lr": 1}}},
-                                 {"train_micro_batch_size_per_gpu": 8},
-                                 {"bf16": {"enabled": False}},
-                                 {"scheduler": {"params": {"total_num_steps": 5}}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"optimizer": {"params": {"lr": 1}}},
+        {"train_micro_batch_size_per_gpu": 8},
+        {"bf16": {"enabled": False}},
+        {"scheduler": {"params": {"total_num_steps": 5}}},
+    ],
+)
 def test_deepspeed_json_may_not_set_injected_keys(bad):
     with pytest.raises(ValueError, match="my.json: sets .* pretrain YAML owns"):
         build_deepspeed_config(bad, source="my.json", **KNOBS)
@@ -106,19 +126,33 @@ def test_prune_keeps_last_complete_tags(tmp_path):
     (tmp_path / checkpoint.LATEST).write_text("global_step16")  # 20 is a half-written save
     checkpoint.prune(str(tmp_path), keep_last=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "global_step12", "global_step16", "latest"]
+        "global_step12",
+        "global_step16",
+        "latest",
+    ]
     assert checkpoint.latest_tag(str(tmp_path)) == "global_step16"
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         checkpoint.resolve_checkpoint(str(tmp_path / "global_step12"))
 
 
 def test_pretrain_cli_rejects_bad_input(tmp_path):
-    proc = subprocess.run(pretrain_command(tmp_path / "o", str(tmp_path / "nowhere"), procs=None),
-                          cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        pretrain_command(tmp_path / "o", str(tmp_path / "nowhere"), procs=None),
+        cwd=REPO,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "no manifest" in proc.stderr
-    proc = subprocess.run([*pretrain_command(tmp_path / "o", "x", procs=None), "--set",
-                           "train.lrr=1"], cwd=REPO, env=run_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [*pretrain_command(tmp_path / "o", "x", procs=None), "--set", "train.lrr=1"],
+        cwd=REPO,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "unknown key" in proc.stderr and "lrr" in proc.stderr
 
 
@@ -160,9 +194,14 @@ def test_export_zero3_equals_export_zero2(zero2_run, zero3_run, tmp_path):
 @pytest.mark.integration
 def test_sigkill_then_resume_continues_like_an_uninterrupted_run(zero2_run, shard_set, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(pretrain_command(out, str(shard_set)), cwd=REPO, env=run_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        pretrain_command(out, str(shard_set)),
+        cwd=REPO,
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     latest = out / "checkpoints" / checkpoint.LATEST
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not (latest.exists() and latest.read_text() == "global_step8"):
@@ -175,8 +214,9 @@ def test_sigkill_then_resume_continues_like_an_uninterrupted_run(zero2_run, shar
     run = run_pretrain(out, str(shard_set), resume=True)
     assert run.returncode == 0, run.log[-3000:]
     assert "resumed from" in run.log
-    resumed = _events(next(p for p in (out / "tensorboard").iterdir()
-                           if not p.name.startswith("killed-")))
+    resumed = _events(
+        next(p for p in (out / "tensorboard").iterdir() if not p.name.startswith("killed-"))
+    )
     reference = _events(zero2_run.out / "tensorboard")
     for tag in ("loss/total", "opt/lr"):
         after, ref = _scalar(resumed, tag), _scalar(reference, tag)
@@ -190,20 +230,32 @@ def test_sigterm_stops_all_ranks_at_one_step(shard_set, tmp_path):
     import psutil
 
     out = tmp_path / "run"
-    proc = subprocess.Popen(pretrain_command(out, str(shard_set), settings=[
-        "train.max_steps=100000", "train.save_every=100000"]), cwd=REPO, env=run_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        pretrain_command(
+            out, str(shard_set), settings=["train.max_steps=100000", "train.save_every=100000"]
+        ),
+        cwd=REPO,
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         lines = []
         for line in proc.stdout:
             lines.append(line)
             if "step 3 loss" in line:
                 break
+
         def is_rank(p):  # loader workers are forks of a rank and share its command line
             return "--local_rank" in " ".join(p.cmdline())
 
-        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                 if is_rank(p) and not is_rank(p.parent())]
+        ranks = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if is_rank(p) and not is_rank(p.parent())
+        ]
         assert len(ranks) == 2
         for rank in ranks:
             rank.send_signal(signal.SIGTERM)
@@ -213,8 +265,11 @@ def test_sigterm_stops_all_ranks_at_one_step(shard_set, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     log = "".join(lines)
-    stops = sorted(int(line.rsplit(" ", 1)[1]) for line in log.splitlines()
-                   if "stopped by signal at step" in line)
+    stops = sorted(
+        int(line.rsplit(" ", 1)[1])
+        for line in log.splitlines()
+        if "stopped by signal at step" in line
+    )
     assert len(stops) == 2 and stops[0] == stops[1], log[-3000:]
     tags = [p.name for p in (out / "checkpoints").iterdir() if p.is_dir()]
     assert tags == [checkpoint.tag_for(stops[0])]
@@ -225,8 +280,9 @@ def test_sigterm_stops_all_ranks_at_one_step(shard_set, tmp_path):
 def test_resume_two_ranks_on_one(zero2_run, shard_set, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(zero2_run.out, out)
-    run = run_pretrain(out, str(shard_set), procs=None, resume=True,
-                       settings=["train.max_steps=20"])
+    run = run_pretrain(
+        out, str(shard_set), procs=None, resume=True, settings=["train.max_steps=20"]
+    )
     assert run.returncode == 0, run.log[-3000:]
     ckpt = out / "checkpoints"
     assert (ckpt / "global_step16_universal" / checkpoint.UNIVERSAL_DONE).exists()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from fixtures_training import (DEEPSPEED, REPO, free_port, pretrain_command, run_env)
+from fixtures_training import DEEPSPEED, REPO, free_port, pretrain_command, run_env
 
 from musicoder.training import checkpoint
 
@@ -26,16 +26,42 @@ def test_two_launchers_form_one_zero3_job(shard_set, tmp_path):
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     out = tmp_path / "run"
     # The script and its arguments as a single-process command would run them.
-    _, *script = pretrain_command(out, str(shard_set), zero=3, procs=None, settings=(
-        f"train.max_steps={STEPS}", "train.save_every=2", "train.val_every=100",
-        "train.image_every=100"))
+    _, *script = pretrain_command(
+        out,
+        str(shard_set),
+        zero=3,
+        procs=None,
+        settings=(
+            f"train.max_steps={STEPS}",
+            "train.save_every=2",
+            "train.val_every=100",
+            "train.image_every=100",
+        ),
+    )
     port = str(free_port())
     launchers = [
-        subprocess.Popen([str(DEEPSPEED), "--hostfile", str(hostfile), "--no_ssh", "--node_rank",
-                          str(node), "--master_addr", "127.0.0.1", "--master_port", port, *script],
-                         cwd=REPO, env=run_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-        for node in (0, 1)]
+        subprocess.Popen(
+            [
+                str(DEEPSPEED),
+                "--hostfile",
+                str(hostfile),
+                "--no_ssh",
+                "--node_rank",
+                str(node),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                *script,
+            ],
+            cwd=REPO,
+            env=run_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
     try:
         logs = [proc.communicate(timeout=TIMEOUT_S)[0] for proc in launchers]
     finally:

@@ -121,8 +121,9 @@ def channel_band(cfg: MaskingConfig, num_channels: int) -> tuple[int, int, int]:
 
 @functools.lru_cache(maxsize=16)
 def _log_band_fallback(lo: int, hi: int, num_channels: int) -> None:
-    log.info("CCM range [%d, %d) exceeds %d channels; using [0, %d)", lo, hi, num_channels,
-             num_channels)
+    log.info(
+        "CCM range [%d, %d) exceeds %d channels; using [0, %d)", lo, hi, num_channels, num_channels
+    )
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
@@ -140,7 +141,9 @@ def span_pmf(cfg: MaskingConfig) -> dict[int, float]:
 
 
 @functools.lru_cache(maxsize=16)
-def _threshold_table(span_p: float, span_min: int, span_max: int, size: int) -> tuple[Tensor, Tensor]:
+def _threshold_table(
+    span_p: float, span_min: int, span_max: int, size: int
+) -> tuple[Tensor, Tensor]:
     """Per budget 0..size-1: an integer threshold `lo` and the probability of using `lo + 1`,
     chosen so that the expected masked total equals the budget exactly.
 
@@ -186,8 +189,9 @@ def _frame_spans(
     # `_threshold_table`). That is a stopping time, so by Wald's identity the pooled span
     # lengths keep their exact mean (4.15), and each clip's expected masked total is its budget.
     size = 1 << max(6, int(budget.max()).bit_length())  # few distinct cached tables
-    lo, p_hi = (x.to(device) for x in _threshold_table(cfg.span_p, cfg.span_min, cfg.span_max,
-                                                       size))
+    lo, p_hi = (
+        x.to(device) for x in _threshold_table(cfg.span_p, cfg.span_min, cfg.span_max, size)
+    )
     threshold = lo[budget] + (u[:, 0] < p_hi[budget]).long()
     k = ((cum - lengths) < threshold[:, None]).sum(dim=1)  # threshold 0: no span
     slot = torch.arange(k_max, device=device)

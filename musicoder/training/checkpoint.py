@@ -93,14 +93,20 @@ def save(engine, ckpt_dir: str, state: ClientState, *, keep_last: int) -> str:
     if rank0:  # the sidecar goes in first: without `latest` naming the tag, it is inert
         os.makedirs(os.path.join(ckpt_dir, tag), exist_ok=True)
         storage.write_json(os.path.join(ckpt_dir, tag, STATE_FILE), state.to_dict())
-    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO,
-                                                UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
 
     # ds_to_universal refuses checkpoints without this marker (plain data parallel: no TP/PP).
     universal = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
-    engine.save_checkpoint(ckpt_dir, tag=tag, save_latest=False, client_state={
-        "musicoder": state.to_dict(), UNIVERSAL_CHECKPOINT_INFO: universal})
+    engine.save_checkpoint(
+        ckpt_dir,
+        tag=tag,
+        save_latest=False,
+        client_state={"musicoder": state.to_dict(), UNIVERSAL_CHECKPOINT_INFO: universal},
+    )
     dist.barrier()  # every rank's shards are on disk before the tag counts
     if rank0:
         storage.write_text(os.path.join(ckpt_dir, LATEST), tag)
@@ -117,8 +123,9 @@ def prune(ckpt_dir: str, keep_last: int) -> None:
     if current is None:
         return
     limit = int(TAG_PATTERN.match(current).group(1))
-    steps = sorted((int(m.group(1)), name) for name in os.listdir(ckpt_dir)
-                   if (m := TAG_PATTERN.match(name)))
+    steps = sorted(
+        (int(m.group(1)), name) for name in os.listdir(ckpt_dir) if (m := TAG_PATTERN.match(name))
+    )
     keep = {name for step, name in steps if step <= limit}
     keep = {name for _, name in [s for s in steps if s[1] in keep][-keep_last:]} | {current}
     for name in os.listdir(ckpt_dir):
@@ -135,9 +142,19 @@ def to_universal(ckpt_dir: str, tag: str) -> str:
     if os.path.isfile(os.path.join(out, UNIVERSAL_DONE)):
         return out_tag
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-           os.path.join(ckpt_dir, tag), "--output_folder", out, "--num_extract_workers", "1",
-           "--num_merge_workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        os.path.join(ckpt_dir, tag),
+        "--output_folder",
+        out,
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+    ]
     log.info("converting %s to a universal checkpoint", os.path.join(ckpt_dir, tag))
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -188,12 +205,18 @@ def export_encoder(path: str, out_dir: str) -> str:
     else:  # no ZeRO partitions: the module weights are the full model (DeepSpeed's own file)
         import torch
 
-        blob = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"),
-                          map_location="cpu", weights_only=False)
+        blob = torch.load(
+            os.path.join(tag_dir, "mp_rank_00_model_states.pt"),
+            map_location="cpu",
+            weights_only=False,
+        )
         weights = {k: v.float() for k, v in blob["module"].items()}
     model = MusiCoder(model_cfg)
     model.load_state_dict(weights, strict=True)
-    save_encoder(model, out_dir, extra={"preset": state.preset, "feature": state.feature,
-                                        "stats": state.stats})
+    save_encoder(
+        model,
+        out_dir,
+        extra={"preset": state.preset, "feature": state.feature, "stats": state.stats},
+    )
     log.info("exported %s to %s", tag_dir, out_dir)
     return tag

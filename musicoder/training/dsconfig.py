@@ -23,9 +23,16 @@ SCHEDULERS = ("WarmupCosineLR", "WarmupDecayLR")
 DEFAULT_OPTIMIZER = {"type": "AdamW", "params": {"betas": [0.9, 0.98], "weight_decay": 0.01}}
 # Dotted keys the YAML owns; any of them in the JSON is an error.
 INJECTED_KEYS = (
-    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-    "optimizer.params.lr", "scheduler.params.total_num_steps", "scheduler.params.warmup_num_steps",
-    "scheduler.params.warmup_max_lr", "bf16.enabled", "fp16.enabled", "bfloat16.enabled",
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "optimizer.params.lr",
+    "scheduler.params.total_num_steps",
+    "scheduler.params.warmup_num_steps",
+    "scheduler.params.warmup_max_lr",
+    "bf16.enabled",
+    "fp16.enabled",
+    "bfloat16.enabled",
 )
 
 
@@ -54,9 +61,19 @@ def _has(cfg: dict, dotted: str) -> bool:
     return True
 
 
-def build_deepspeed_config(base: dict[str, Any], *, source: str, lr: float, warmup_steps: int,
-                           max_steps: int, micro_batch: int, grad_accum: int, precision: str,
-                           load_universal: bool = False, on_cpu: bool = False) -> dict[str, Any]:
+def build_deepspeed_config(
+    base: dict[str, Any],
+    *,
+    source: str,
+    lr: float,
+    warmup_steps: int,
+    max_steps: int,
+    micro_batch: int,
+    grad_accum: int,
+    precision: str,
+    load_universal: bool = False,
+    on_cpu: bool = False,
+) -> dict[str, Any]:
     """Merge the YAML-owned training knobs into a DeepSpeed config.
 
     Args:
@@ -82,8 +99,10 @@ def build_deepspeed_config(base: dict[str, Any], *, source: str, lr: float, warm
     """
     for key in INJECTED_KEYS:
         if _has(base, key):
-            raise ValueError(f"{source}: sets '{key}', which the pretrain YAML owns "
-                             "(train.lr/warmup_steps/max_steps/micro_batch/grad_accum/precision)")
+            raise ValueError(
+                f"{source}: sets '{key}', which the pretrain YAML owns "
+                "(train.lr/warmup_steps/max_steps/micro_batch/grad_accum/precision)"
+            )
     cfg = copy.deepcopy(base)
     cfg["train_micro_batch_size_per_gpu"] = micro_batch
     cfg["gradient_accumulation_steps"] = grad_accum
@@ -93,8 +112,10 @@ def build_deepspeed_config(base: dict[str, Any], *, source: str, lr: float, warm
         optimizer["params"].setdefault("torch_adam", True)
     scheduler = cfg.setdefault("scheduler", {"type": SCHEDULERS[0]})
     if scheduler.get("type") not in SCHEDULERS:
-        raise ValueError(f"{source}: scheduler.type must be one of {list(SCHEDULERS)}, "
-                         f"got {scheduler.get('type')!r}")
+        raise ValueError(
+            f"{source}: scheduler.type must be one of {list(SCHEDULERS)}, "
+            f"got {scheduler.get('type')!r}"
+        )
     params = scheduler.setdefault("params", {})
     params["total_num_steps"] = max_steps
     params["warmup_num_steps"] = max(warmup_steps, 1)

@@ -35,8 +35,14 @@ class TrainLogger:
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
 
-    def reconstruction(self, step: int, features: torch.Tensor, masked: torch.Tensor,
-                       reconstruction: torch.Tensor, valid: torch.Tensor) -> None:
+    def reconstruction(
+        self,
+        step: int,
+        features: torch.Tensor,
+        masked: torch.Tensor,
+        reconstruction: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> None:
         """One clip as an image: input, masked input and reconstruction stacked vertically,
         channels on the vertical axis, time on the horizontal; each panel `(C, T)`.
 
@@ -51,8 +57,9 @@ class TrainLogger:
         lo, hi = panels[0].min(), panels[0].max()  # one scale, set by the input, for all three
         gap = torch.ones(SEPARATOR_ROWS, length)
         rows = [panels[0], gap, panels[1], gap, panels[2]]
-        image = torch.cat([((p - lo) / (hi - lo + 1e-6)).clamp(0, 1) if p is not gap else p
-                           for p in rows])  # (3C + gaps, T)
+        image = torch.cat(
+            [((p - lo) / (hi - lo + 1e-6)).clamp(0, 1) if p is not gap else p for p in rows]
+        )  # (3C + gaps, T)
         self.writer.add_image(IMAGE_TAG, image, step, dataformats="HW")
 
     def flush(self) -> None:

@@ -125,8 +125,9 @@ def test_cuda_masking_and_bf16_attention_kernels():
     valid = torch.ones(4, 64, dtype=torch.bool, device="cuda")
     valid[1, 40:] = False
     valid[3] = False  # a clip without frames must not produce NaN in the fused kernels
-    batch = apply_masking(Batch(features, valid), MaskingConfig(),
-                          torch.Generator("cuda").manual_seed(0))
+    batch = apply_masking(
+        Batch(features, valid), MaskingConfig(), torch.Generator("cuda").manual_seed(0)
+    )
     assert not (batch.cfm & ~valid).any()
     with torch.no_grad():
         reference = model(batch.masked_input, valid).reconstruction

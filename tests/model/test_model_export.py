@@ -16,8 +16,11 @@ from musicoder.model import (
     variant_config,
 )
 
-EXTRA = {"preset": "logmel128", "feature": {"preset": "logmel128"},
-         "stats": {"mean": [0.0] * 128, "std": [1.0] * 128}}
+EXTRA = {
+    "preset": "logmel128",
+    "feature": {"preset": "logmel128"},
+    "stats": {"mean": [0.0] * 128, "std": [1.0] * 128},
+}
 
 
 @pytest.fixture

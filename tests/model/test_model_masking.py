@@ -36,8 +36,10 @@ def runs(row: np.ndarray) -> list[tuple[int, int]]:
 def long_clip_draws() -> list[tuple[Batch, Batch]]:
     """CFM on long clips (so clip ends barely matter), several seeds."""
     batch = make_batch([1000] * 48, t=1000)
-    return [(batch, mask_frames(batch, MaskingConfig(), torch.Generator().manual_seed(s)))
-            for s in range(4)]
+    return [
+        (batch, mask_frames(batch, MaskingConfig(), torch.Generator().manual_seed(s)))
+        for s in range(4)
+    ]
 
 
 def test_expected_span_mean_is_the_design_value():
@@ -146,8 +148,11 @@ def test_padding_is_never_masked():
     features = torch.randn(6, 40, 16)
     batch = Batch(features=features, valid=valid)
     for seed in range(50):
-        masked = apply_masking(batch, MaskingConfig(cfm_fraction=0.4, ccm_lo=0, ccm_hi=16),
-                               torch.Generator().manual_seed(seed))
+        masked = apply_masking(
+            batch,
+            MaskingConfig(cfm_fraction=0.4, ccm_lo=0, ccm_hi=16),
+            torch.Generator().manual_seed(seed),
+        )
         assert not (masked.cfm & ~valid).any()
         assert torch.equal(masked.masked_input[~valid], features[~valid])
         # Replacement frames come only from valid frames of the same clip.
@@ -195,9 +200,14 @@ def test_short_clips_stay_within_their_frames():
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"cfm_fraction": 1.0}, "cfm_fraction"), ({"span_min": 3, "span_max": 2}, "span_max"),
-     ({"zero_prob": 0.95}, "random_prob"), ({"ccm_lo": 10, "ccm_hi": 10}, "ccm_hi"),
-     ({"ccm_max_width": 300}, "ccm_max_width"), ({"span_p": 0.0}, "span_p")],
+    [
+        ({"cfm_fraction": 1.0}, "cfm_fraction"),
+        ({"span_min": 3, "span_max": 2}, "span_max"),
+        ({"zero_prob": 0.95}, "random_prob"),
+        ({"ccm_lo": 10, "ccm_hi": 10}, "ccm_hi"),
+        ({"ccm_max_width": 300}, "ccm_max_width"),
+        ({"span_p": 0.0}, "span_p"),
+    ],
 )
 def test_invalid_masking_config_is_rejected(kwargs, key):
     with pytest.raises(ValueError, match=f"^masking.{key}: invalid value"):

@@ -68,9 +68,9 @@ def test_merge_in_any_arrival_order_gives_identical_manifest(seed: int):
     assert shuffled.complete
     assert json.dumps(_manifest(ordered)) == json.dumps(_manifest(shuffled))
     # Stats equal a direct float64 computation over the train frames only.
-    train = np.concatenate([f for f, s in zip(frames, summaries, strict=True) if s.split == "train"]).astype(
-        np.float64
-    )
+    train = np.concatenate(
+        [f for f, s in zip(frames, summaries, strict=True) if s.split == "train"]
+    ).astype(np.float64)
     stats = _manifest(ordered)["stats"]
     assert stats["count"] == len(train)
     np.testing.assert_allclose(stats["mean"], train.mean(0), rtol=1e-12)
