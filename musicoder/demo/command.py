@@ -9,14 +9,16 @@ as it arrives; progress bars, which redraw with carriage returns, are shown at m
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,8 @@ PROGRESS_EVERY_S = 5.0
 INDENT = "    | "
 # libmpg123 complains about the bit reservoir of valid MP3 frames on stderr, from C, for every
 # decoded MP3; the audio decodes fine (tests compare it), so the demo counts these instead.
-NOISE = re.compile(r"^\[src/libmpg123/|^Note: Illegal Audio-MPEG-Header")
+# Ray prefixes worker lines with "(task pid=N)", so match anywhere in the line.
+NOISE = re.compile(r"\[src/libmpg123/|Note: Illegal Audio-MPEG-Header|libmpg123.*repeated \d+x")
 _SPLIT = re.compile(rb"(\r\n|\n|\r)")
 
 
@@ -109,3 +112,32 @@ def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None) ->
     if code != 0:
         raise CommandError(command, code, tail)
     return list(tail)
+
+
+@contextlib.contextmanager
+def filtered_c_stderr() -> Iterator[None]:
+    """Hold back what C libraries write to file descriptor 2 inside the block, drop NOISE.
+
+    The demo's in-process decoding (the features stage) would otherwise print libmpg123's
+    per-frame notes straight to the terminal; other lines are passed on afterwards.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", errors="replace").splitlines()
+            kept = [line for line in lines if not NOISE.search(line)]
+            for line in kept:
+                print(line, file=sys.stderr)
+            if len(lines) > len(kept):
+                log.info(
+                    "%s(%d harmless libmpg123 decoder warnings not shown)",
+                    INDENT,
+                    len(lines) - len(kept),
+                )

@@ -23,7 +23,12 @@ import time
 import numpy as np
 
 from musicoder import storage
-from musicoder.demo.command import display_path, python_command, run_command
+from musicoder.demo.command import (
+    display_path,
+    filtered_c_stderr,
+    python_command,
+    run_command,
+)
 from musicoder.demo.config import DemoConfig
 from musicoder.demo.state import DemoState, FeatureReport, Stage
 from musicoder.demo_corpus import LABELS_NAME, generate_corpus
@@ -72,7 +77,10 @@ def features_stage(cfg: DemoConfig, state: DemoState) -> str:
     )
     rate = preset_config(cfg.preset).sample_rate
     started = time.perf_counter()
-    waves = [load_audio(storage.join(cfg.corpus_dir, files[i]), sample_rate=rate) for i in picks]
+    with filtered_c_stderr():
+        waves = [
+            load_audio(storage.join(cfg.corpus_dir, files[i]), sample_rate=rate) for i in picks
+        ]
     decode_seconds = time.perf_counter() - started
     length = min(len(w) for w in waves)
     batch = torch.stack([w[:length] for w in waves])  # (B, samples)
@@ -169,7 +177,7 @@ def pretrain_stage(cfg: DemoConfig, state: DemoState) -> str:
         *("--resume", "auto"),
     )
     log.info(
-        "  (the first DeepSpeed run on a machine compiles its ops once, 2.5-5 min on 2 CPU cores "
+        "  (the first DeepSpeed run on a machine compiles one op, about a minute on 2 CPU cores "
         "without output, into ~/.cache/torch_extensions)"
     )
     run_command(argv)
