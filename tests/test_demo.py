@@ -289,3 +289,15 @@ def test_launch_runs_the_whole_pipeline_then_reuses_it(tmp_path):
     ):
         assert text in second.stdout, text
     assert "launch/pretrain.py" not in second.stdout  # pre-training was not started again
+
+
+def test_filtered_c_stderr_drops_decoder_notes_and_keeps_other_lines(capfd, caplog) -> None:
+    caplog.set_level("INFO")
+    with command.filtered_c_stderr():
+        # Written straight to file descriptor 2, as a C library does.
+        os.write(2, b"[src/libmpg123/layer3.c:INT123_do_layer3():1774] error: part2_3_length\n")
+        os.write(2, b"a real problem\n")
+    err = capfd.readouterr().err
+    assert "a real problem" in err
+    assert "libmpg123" not in err
+    assert "1 harmless libmpg123 decoder warnings not shown" in caplog.text

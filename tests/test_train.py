@@ -291,3 +291,14 @@ def test_resume_two_ranks_on_one(zero2_run, shard_set, tmp_path):
     assert state.samples_seen == 16 * 4 * 2 + 4 * 4
     loss = _scalar(_events(out / "tensorboard"), "loss/total")
     assert all(0 < loss[s] < 2 for s in range(17, 21))
+
+
+def test_cpu_accelerator_defaults_to_torch_adam_unless_the_json_decides() -> None:
+    base = read_deepspeed_json(str(REPO / "configs/deepspeed/zero2.json"))
+    on_cpu = build_deepspeed_config(base, source="zero2.json", on_cpu=True, **KNOBS)
+    assert on_cpu["optimizer"]["params"]["torch_adam"] is True
+    on_gpu = build_deepspeed_config(base, source="zero2.json", on_cpu=False, **KNOBS)
+    assert "torch_adam" not in on_gpu["optimizer"]["params"]
+    explicit = {"optimizer": {"type": "AdamW", "params": {"torch_adam": False}}}
+    kept = build_deepspeed_config(explicit, source="x.json", on_cpu=True, **KNOBS)
+    assert kept["optimizer"]["params"]["torch_adam"] is False
