@@ -21,19 +21,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from musicoder.features import extract_features  # noqa: E402
+from musicoder.features import extract_features
 from musicoder.model import (
     Batch,
     MaskingConfig,
     MusiCoder,
-    apply_masking,  # noqa: E402
+    apply_masking,
     flops_per_frame,
     reconstruction_loss,
     variant_config,
 )
-from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json  # noqa: E402
+from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEAK_BF16_TFLOPS = 989.0  # H100 / H200 SXM dense bf16, datasheet

@@ -31,13 +31,13 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fixtures_training import write_shard_set  # noqa: E402  (the test-data factory)
-from webdataset.tariterators import group_by_keys, tar_file_expander  # noqa: E402
+from fixtures_training import write_shard_set  # the test-data factory
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from musicoder import storage  # noqa: E402
-from musicoder.data import DataConfig, ShardStream, read_manifest  # noqa: E402
-from musicoder.model import MaskingConfig, flops_per_frame, variant_config  # noqa: E402
-from musicoder.samples import iter_samples  # noqa: E402
+from musicoder import storage
+from musicoder.data import DataConfig, ShardStream, read_manifest
+from musicoder.model import MaskingConfig, flops_per_frame, variant_config
+from musicoder.samples import iter_samples
 
 CLIP_FRAMES = 646  # 30 s at 22,050 Hz, hop 1024
 H100_BF16_TFLOPS = 989.0

@@ -29,27 +29,27 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMB
     os.environ[_var] = "1"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import argparse  # noqa: E402
-import concurrent.futures  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import psutil  # noqa: E402
-import soundfile as sf  # noqa: E402
-import torch  # noqa: E402
+import psutil
+import soundfile as sf
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from musicoder.audio import iter_segments  # noqa: E402
-from musicoder.demo_corpus import render_track  # noqa: E402
-from musicoder.features import extract_features  # noqa: E402
+from musicoder.audio import iter_segments
+from musicoder.demo_corpus import render_track
+from musicoder.features import extract_features
 
 POLL_S = 0.2
 NATIVE_RATE = 44100

@@ -15,19 +15,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
 from musicoder.model import (
     Batch,
     MaskingConfig,
     MusiCoder,
-    apply_masking,  # noqa: E402
+    apply_masking,
     flops_per_frame,
     reconstruction_loss,
     variant_config,
 )
-from musicoder.train import default_single_process_env  # noqa: E402
-from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json  # noqa: E402
+from musicoder.train import default_single_process_env
+from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json
 
 CONFIG = variant_config("tiny", num_layers=4, hidden=256, heads=4, ffn=1024)
 BATCH, FRAMES, STEPS, WARMUP = 16, 512, int(os.environ.get("BENCH_STEPS", 4)), 1

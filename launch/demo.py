@@ -23,8 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.config import ConfigError, add_config_arguments, config_from_args  # noqa: E402
-from musicoder.demo import DemoConfig, DemoStageError, format_summary, run_demo  # noqa: E402
+from musicoder.config import ConfigError, add_config_arguments, config_from_args
+from musicoder.demo import DemoConfig, DemoStageError, format_summary, run_demo
 
 FLAGS = {  # flag -> (config key, type, help)
     "--out": ("out", str, "output folder (default shards/demo)"),

@@ -25,9 +25,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.config import ConfigError, add_config_arguments, config_from_args  # noqa: E402
-from musicoder.downstream import FinetuneConfig  # noqa: E402
-from musicoder.downstream.config import task_flags  # noqa: E402
+from musicoder.config import ConfigError, add_config_arguments, config_from_args
+from musicoder.downstream import FinetuneConfig
+from musicoder.downstream.config import task_flags
 
 
 def main(argv: list[str] | None = None) -> int:

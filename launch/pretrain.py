@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.config import ConfigError, add_config_arguments, config_from_args  # noqa: E402
+from musicoder.config import ConfigError, add_config_arguments, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:

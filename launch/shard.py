@@ -24,8 +24,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.config import ConfigError, add_config_arguments, config_from_args  # noqa: E402
-from musicoder.sharding import ShardJobConfig, run  # noqa: E402
+from musicoder.config import ConfigError, add_config_arguments, config_from_args
+from musicoder.sharding import ShardJobConfig, run
 
 # Explicit flags, each an alias for one config key (its argparse dest); None = not given.
 CONFIG_FLAGS = {

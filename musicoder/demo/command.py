@@ -107,8 +107,7 @@ def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None) ->
             tail.append(line)
             log.info("%s%s", INDENT, line)
         code = proc.wait()
-    if noise:
-        log.info("%s(%d harmless libmpg123 decoder warnings not shown)", INDENT, noise)
+    _report_noise(noise)
     if code != 0:
         raise CommandError(command, code, tail)
     return list(tail)
@@ -135,9 +134,10 @@ def filtered_c_stderr() -> Iterator[None]:
             kept = [line for line in lines if not NOISE.search(line)]
             for line in kept:
                 print(line, file=sys.stderr)
-            if len(lines) > len(kept):
-                log.info(
-                    "%s(%d harmless libmpg123 decoder warnings not shown)",
-                    INDENT,
-                    len(lines) - len(kept),
-                )
+            _report_noise(len(lines) - len(kept))
+
+
+def _report_noise(count: int) -> None:
+    """Say how many NOISE lines were held back, if any."""
+    if count:
+        log.info("%s(%d harmless libmpg123 decoder warnings not shown)", INDENT, count)
