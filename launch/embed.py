@@ -9,9 +9,10 @@ Commands:
     python launch/embed.py --encoder out/encoder-base --input shards/demo/shards \
         --output runs/emb_shards
 
-Writes OUTPUT/embeddings.npy (float32, N x hidden), OUTPUT/index.csv (row,path,key,segment,frames)
-and, when some input could not be embedded, OUTPUT/rejects.jsonl. `--set layer=0` pools the input
-embedding instead of the last layer; `--set device=cuda` runs on a GPU.
+Writes OUTPUT/embeddings.npy (float32, N x 2*hidden: mean and standard deviation over time),
+OUTPUT/index.csv (row,path,key,segment,frames) and, when some input could not be embedded,
+OUTPUT/rejects.jsonl. `--set pooling=mean` keeps the mean only (N x hidden); `--set layer=0`
+pools the input embedding instead of the last layer; `--set device=cuda` runs on a GPU.
 """
 
 import argparse

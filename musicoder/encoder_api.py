@@ -67,36 +67,75 @@ def pad_chunks(chunks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return features, valid
 
 
+POOLINGS = ("meanstd", "mean")
+DEFAULT_POOLING = "meanstd"
+
+
+def check_pooling(pooling: str) -> str:
+    """Returns `pooling` if it is a known pooling, else raises a one-line ValueError."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling: must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return pooling
+
+
 def pool_layers(
-    model: MusiCoderEncoder, features: torch.Tensor, valid: torch.Tensor
+    model: MusiCoderEncoder,
+    features: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    pooling: str = DEFAULT_POOLING,
 ) -> torch.Tensor:
-    """Mean-pools every hidden state over the valid frames.
+    """Pools every hidden state over the valid frames of each chunk.
 
     Args:
         model: The encoder.
         features: `(B, T, C)` normalized features.
         valid: `(B, T)` bool, True = real frame.
+        pooling: `meanstd`: mean and standard deviation over time, concatenated (statistics
+            pooling; the default, see docs/decisions.md); `mean`: the mean only.
 
     Returns:
-        `(B, L + 1, H)`: the input embedding and each layer's output, averaged over time.
+        `(B, L + 1, D)`: the input embedding and each layer's output, pooled over time;
+        D = 2H for `meanstd` (`[..., :H]` is the mean), H for `mean`.
     """
     hidden = model(features, valid, output_hidden_states=True).hidden_states
     stacked = torch.stack(hidden, dim=1)  # (B, L+1, T, H)
     weights = valid.to(stacked.dtype)[:, None, :, None]  # (B, 1, T, 1)
-    return (stacked * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1.0)
+    count = weights.sum(dim=2).clamp(min=1.0)
+    mean = (stacked * weights).sum(dim=2) / count  # (B, L+1, H)
+    if check_pooling(pooling) == "mean":
+        return mean
+    var = ((stacked - mean[:, :, None]).square() * weights).sum(dim=2) / count
+    return torch.cat([mean, var.sqrt()], dim=-1)
 
 
 def pool_track(
-    states: torch.Tensor, num_frames: int, window: int, *, layer: int = -1
+    states: torch.Tensor,
+    num_frames: int,
+    window: int,
+    *,
+    layer: int = -1,
+    pooling: str = DEFAULT_POOLING,
 ) -> torch.Tensor:
-    """One vector per track from its per-chunk pooled states `(n_chunks, L + 1, H)` → `[H]`.
+    """One vector per track from its per-chunk pooled states `(n_chunks, L + 1, D)` → `[D]`.
 
-    Chunks are weighted by their length, so the result is `layer`'s mean over every frame.
+    Chunks are weighted by their length, so the result is `layer`'s statistics over every frame
+    of the track: the mean over all frames, and for `meanstd` (states from `pool_layers` with
+    the same `pooling`) the standard deviation over all frames, chunk variances and the spread
+    of chunk means combined.
     """
     lengths = torch.tensor(
         [e - s for s, e in chunk_bounds(num_frames, window)], dtype=torch.float32
     )
-    return (states[:, layer] * lengths[:, None]).sum(0) / lengths.sum()
+    share = (lengths / lengths.sum())[:, None]  # (n_chunks, 1)
+    chunks = states[:, layer]  # (n_chunks, D)
+    if check_pooling(pooling) == "mean" or len(chunks) == 1:
+        return (chunks * share).sum(0)
+    hidden = chunks.shape[-1] // 2
+    mean, std = chunks[:, :hidden], chunks[:, hidden:]
+    total_mean = (mean * share).sum(0)
+    total_var = ((std.square() + (mean - total_mean).square()) * share).sum(0)
+    return torch.cat([total_mean, total_var.sqrt()])
 
 
 class Encoder:
@@ -139,8 +178,12 @@ class Encoder:
 
     @property
     def hidden(self) -> int:
-        """Width of the hidden states and embeddings."""
+        """Width of the hidden states."""
         return self.model_config.hidden
+
+    def pooled_dim(self, pooling: str = DEFAULT_POOLING) -> int:
+        """Width of a pooled state or embedding: 2H for `meanstd`, H for `mean`."""
+        return self.hidden * (2 if check_pooling(pooling) == "meanstd" else 1)
 
     def window(self, chunk_seconds: float | None = None) -> int:
         """Chunk length in frames: `chunk_seconds` capped by the model window (`max_frames`)."""
@@ -180,19 +223,26 @@ class Encoder:
 
     @torch.no_grad()
     def iter_pooled_states(
-        self, tracks: Iterable[torch.Tensor], *, window: int, batch_size: int = 16
+        self,
+        tracks: Iterable[torch.Tensor],
+        *,
+        window: int,
+        batch_size: int = 16,
+        pooling: str = DEFAULT_POOLING,
     ) -> Iterator[torch.Tensor]:
-        """Per-chunk, per-layer mean-pooled hidden states of whole tracks, streamed.
+        """Per-chunk, per-layer pooled hidden states of whole tracks, streamed.
 
         Args:
             tracks: Raw features `(T_i, C)` per track (normalized here); consumed lazily, so a
                 large task never holds all its features in memory.
             window: Chunk length in frames (see `window()`).
             batch_size: Chunks per encoder call.
+            pooling: `meanstd` or `mean` (see `pool_layers`).
 
         Yields:
-            One `(n_chunks_i, L + 1, H)` float32 CPU tensor per track, in input order.
+            One `(n_chunks_i, L + 1, pooled_dim)` float32 CPU tensor per track, in input order.
         """
+        check_pooling(pooling)
         buffer: list[tuple[int, torch.Tensor]] = []  # (track position in buffer, chunk)
         count = 0
         for feats in tracks:
@@ -201,30 +251,36 @@ class Encoder:
             ]
             count += 1
             if len(buffer) >= batch_size:
-                yield from self._flush(buffer, count, batch_size)
+                yield from self._flush(buffer, count, batch_size, pooling)
                 buffer, count = [], 0
         if buffer:
-            yield from self._flush(buffer, count, batch_size)
+            yield from self._flush(buffer, count, batch_size, pooling)
 
     def _flush(
-        self, buffer: list[tuple[int, torch.Tensor]], count: int, batch_size: int
+        self, buffer: list[tuple[int, torch.Tensor]], count: int, batch_size: int, pooling: str
     ) -> Iterator[torch.Tensor]:
         rows: list[list[torch.Tensor]] = [[] for _ in range(count)]
         for first in range(0, len(buffer), batch_size):
             part = buffer[first : first + batch_size]
-            states = pool_layers(self.model, *pad_chunks([c for _, c in part])).float().cpu()
+            batch = pad_chunks([c for _, c in part])
+            states = pool_layers(self.model, *batch, pooling=pooling).float().cpu()
             for (i, _), row in zip(part, states, strict=True):
                 rows[i].append(row)
         for track_rows in rows:
             yield torch.stack(track_rows)
 
     def embed_features(
-        self, features: torch.Tensor, *, layer: int = -1, window: int | None = None
+        self,
+        features: torch.Tensor,
+        *,
+        layer: int = -1,
+        window: int | None = None,
+        pooling: str = DEFAULT_POOLING,
     ) -> torch.Tensor:
-        """Embedding of raw features `(T, C)`: `layer` mean-pooled over all frames → `[H]`."""
+        """Embedding of raw features `(T, C)`: `layer` pooled over all frames → `[pooled_dim]`."""
         window = window or self.window()
-        states = next(self.iter_pooled_states([features], window=window))
-        return pool_track(states, features.shape[0], window, layer=layer)
+        states = next(self.iter_pooled_states([features], window=window, pooling=pooling))
+        return pool_track(states, features.shape[0], window, layer=layer, pooling=pooling)
 
     def embed(
         self,
@@ -232,22 +288,26 @@ class Encoder:
         *,
         sample_rate: int | None = None,
         layer: int = -1,
+        pooling: str = DEFAULT_POOLING,
     ) -> torch.Tensor:
-        """Embedding of a mono waveform (features → normalization → encoder → mean pool).
+        """Embedding of a mono waveform (features → normalization → encoder → pooling).
 
         Args:
             waveform: Mono audio `[samples]`, float, at `sample_rate`.
             sample_rate: Rate of `waveform`; None = the export's rate (22,050 Hz). Resampled if
                 different.
             layer: Hidden state to pool: -1 = last layer, 0 = input embedding.
+            pooling: `meanstd` (mean and standard deviation over time, `[2H]`, the probe's
+                pooling) or `mean` (`[H]`).
 
         Returns:
-            `[H]` float32 CPU tensor.
+            `[pooled_dim(pooling)]` float32 CPU tensor.
 
         Raises:
-            ValueError: The waveform is not 1-D or is empty.
+            ValueError: The waveform is not 1-D or is empty, or `pooling` is unknown.
         """
-        return self.embed_features(self.features(waveform, sample_rate), layer=layer)
+        features = self.features(waveform, sample_rate)
+        return self.embed_features(features, layer=layer, pooling=pooling)
 
 
 def load_encoder(path: str, *, device: str | torch.device = "auto") -> Encoder:

@@ -14,6 +14,7 @@ TAGGING = "tagging"
 PROBE = "probe"
 FINETUNE = "finetune"
 SPLITS = ("train", "valid", "test")
+Pooling = Literal["meanstd", "mean"]  # musicoder.encoder_api.POOLINGS (kept torch-free here)
 
 
 @dataclass
@@ -77,6 +78,8 @@ class TrainConfig:
         max_epochs: Upper bound on epochs; early stopping on valid log-loss usually ends sooner.
         patience: Epochs without a better valid log-loss before stopping.
         chunk_seconds: Chunk length for long tracks; None = the model window (`max_frames`).
+        pooling: How the head pools each layer over time: `meanstd` (mean and standard
+            deviation, concatenated; see docs/decisions.md) or `mean`.
         seed: Seed of head initialisation, shuffling and the random-init baseline encoder.
     """
 
@@ -87,6 +90,7 @@ class TrainConfig:
     max_epochs: int = 200
     patience: int = 20
     chunk_seconds: float | None = None
+    pooling: Pooling = "meanstd"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -132,7 +136,9 @@ class EmbedConfig:
         input: Audio folder, `s3://` prefix, one audio file, or a shard set (its folder or
             `manifest.json`).
         output: Folder for `embeddings.npy`, `index.csv` and `rejects.jsonl`.
-        layer: Which hidden state to mean-pool (-1: last layer).
+        layer: Which hidden state to pool (-1: last layer, 0: input embedding).
+        pooling: `meanstd` (mean and standard deviation over time: 2 x hidden values, as the
+            probe uses) or `mean` (hidden values).
         max_seconds: Decode at most this many seconds per track (None: whole track).
         chunk_seconds: Chunk length for long tracks; None = the model window.
         batch_size: Chunks per encoder call.
@@ -143,6 +149,7 @@ class EmbedConfig:
     input: str = ""
     output: str = "runs/embed"
     layer: int = -1
+    pooling: Pooling = "meanstd"
     max_seconds: float | None = None
     chunk_seconds: float | None = None
     batch_size: int = 16

@@ -2,8 +2,9 @@
 
 Inputs: an audio folder or `s3://` prefix (listed through `storage.list_objects`), one audio
 file, or a shard set (its folder or `manifest.json`: each sample's stored `feat.npy` is
-embedded, no audio is decoded). Outputs under `cfg.output`: `embeddings.npy` (float32
-`(N, H)`, row i = line i of the index), `index.csv` (`row,path,key,segment,frames`) and, when
+embedded, no audio is decoded). Outputs under `cfg.output`: `embeddings.npy` (float32 `(N, D)`:
+D = 2H for the default `meanstd` pooling, H for `mean`; row i = line i of the index),
+`index.csv` (`row,path,key,segment,frames`) and, when
 something could not be embedded, `rejects.jsonl` (uri, reason, error class) with a warning
 that lists them: nothing is dropped silently.
 """
@@ -80,11 +81,14 @@ def embed_inputs(cfg: EmbedConfig) -> dict:
             yield item.features
 
     vectors = []
-    states = encoder.iter_pooled_states(tracked(), window=window, batch_size=cfg.batch_size)
+    states = encoder.iter_pooled_states(
+        tracked(), window=window, batch_size=cfg.batch_size, pooling=cfg.pooling
+    )
     for row, pooled in enumerate(
         tqdm(states, total=total, desc="embed", unit="track" if kind == "audio" else "sample")
     ):
-        vectors.append(pool_track(pooled, index[row][-1], window, layer=cfg.layer).numpy())
+        vector = pool_track(pooled, index[row][-1], window, layer=cfg.layer, pooling=cfg.pooling)
+        vectors.append(vector.numpy())
     if not vectors:
         raise ValueError(f"{cfg.input}: nothing could be embedded ({len(rejects)} rejected)")
     _write(cfg.output, np.stack(vectors).astype(np.float32), index, rejects)

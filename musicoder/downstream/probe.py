@@ -1,9 +1,9 @@
 """Probe and fine-tune heads and their training with early stopping (DESIGN §8).
 
-Probe: the encoder is frozen; a head learns softmax weights over the layer outputs, mean-pools
-over time and applies one linear layer. Mean pooling and the weighted sum are both linear, so
-the head sees per-chunk, per-layer pooled states `(N, L+1, H)` computed once, and training the
-probe costs no encoder passes at all. Inputs are standardized with train-set statistics (a
+Probe: the encoder is frozen; each layer output is pooled over time (mean and standard deviation
+by default, `train.pooling`), and a head learns softmax weights over the pooled layers and
+applies one linear layer. The head sees per-chunk, per-layer pooled states `(N, L+1, D)`
+computed once, so training the probe costs no encoder passes at all. Inputs are standardized with train-set statistics (a
 fixed affine map, so still a linear probe; it lets one learning rate suit every encoder).
 
 Fine-tune: the probe is trained first and then the whole model is trained from it, the encoder
@@ -26,7 +26,7 @@ from torch import nn
 
 from musicoder.downstream.config import GENRE, TrainConfig
 from musicoder.downstream.metrics import aggregate_tracks, mean_log_loss
-from musicoder.encoder_api import pad_chunks, pool_layers
+from musicoder.encoder_api import DEFAULT_POOLING, pad_chunks, pool_layers
 from musicoder.model import MusiCoderEncoder
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,16 @@ class LinearProbe(nn.Module):
 class FinetuneModel(nn.Module):
     """Encoder + probe head: `(B, T, C)` features, `(B, T)` valid mask → `(B, classes)` logits."""
 
-    def __init__(self, encoder: MusiCoderEncoder, head: LinearProbe) -> None:
+    def __init__(
+        self, encoder: MusiCoderEncoder, head: LinearProbe, *, pooling: str = DEFAULT_POOLING
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.pooling = pooling
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return self.head(pool_layers(self.encoder, features, valid))
+        return self.head(pool_layers(self.encoder, features, valid, pooling=self.pooling))
 
 
 def probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:

@@ -171,6 +171,7 @@ class _Job:
                 self.tracks_features(tracks),
                 window=self.window,
                 batch_size=self.cfg.train.batch_size,
+                pooling=self.cfg.train.pooling,
             )
         states = list(tqdm(per_track, total=len(tracks), desc=f"{split} states", leave=False))
         counts = torch.tensor([len(s) for s in states])
@@ -208,7 +209,9 @@ class _Job:
         )
         probs = predict_probe(head, sets["test"], kind)
         if self.cfg.mode == FINETUNE and not handcrafted:
-            model = FinetuneModel(copy.deepcopy(encoder.model), head).to(encoder.device)
+            model = FinetuneModel(copy.deepcopy(encoder.model), head, pooling=train_cfg.pooling).to(
+                encoder.device
+            )
             chunks = {s: self.feature_chunks(s) for s in SPLITS}
             history = train_finetune(
                 model,

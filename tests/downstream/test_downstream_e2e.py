@@ -1,21 +1,22 @@
-"""End to end on a generated demo corpus: pre-train the tiny model briefly (a plain torch loop
-with the model's own masking and loss), export it, run `launch/finetune.py --baselines` for
-genre and tagging, and check the CLI contract and that every model learns the task.
+"""End to end on generated demo audio: pre-train the tiny model briefly (a plain torch loop with
+the model's own masking and loss) on 30 min of unlabeled tracks, export it, run
+`launch/finetune.py --baselines` for genre and tagging on a separate labeled corpus, and check
+the CLI contract, that every model learns the task, and that pre-training beats a random-init
+encoder of the same shape.
 
-The issue also asks that the probe beat the random-init encoder on genre log-loss or tagging
-ROC-AUC by a margin that survives dropping any single test track. It does not at this scale, so
-that test is a non-strict `xfail` that prints both margins (`pytest -s -rxX` shows them).
-Measured offline (same head and seed for every model; margin > 0 = pre-training helped):
+The pre-training audio comes from another corpus seed, so the task's tracks are never seen. The
+same steps over only the task's own 9 minutes of train audio overfit and lose to random init
+(docs/decisions.md has the measurements). Measured with this test's settings (margin > 0 =
+pre-training helped; "worst" = after dropping the most favourable test track):
 
-| pre-training (steps x batch x frames)       | genre log-loss        | tagging ROC-AUC       |
+| pre-training seed | genre log-loss margin (worst) | tagging ROC-AUC margin (worst) |
 |---|---|---|
-| this test's 600 x 16 x 64, seeds 0 / 1 / 2  | -0.045/-0.013/-0.058  | -0.024/-0.030/-0.000  |
-| 1000 x 32 x 128 on 1 h more demo audio      | -0.065                | -0.010                |
+| 0 (this test)     | +0.096 (+0.058)               | -0.000 (-0.008)                |
+| 1                 | +0.151 (+0.104)               | +0.005 (-0.004)                |
+| 2                 | +0.056 (+0.025)               | +0.015 (+0.008)                |
 
-No single layer of the pretrained encoder beats random init either, and an sklearn logistic
-regression tuned on the valid split agrees, so the probe head is not the cause. Mean+std pooling
-of the hidden states (instead of DESIGN's mean) brings both encoders near the handcrafted
-baseline (~0.62 vs ~0.95 log-loss) but the sign of the margin still flips with the seed.
+Tagging gains little at this scale (instrument presence is a first-order input statistic); the
+test asks for either margin to hold after the worst single-track drop, as the issue states.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from musicoder.model import (
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TRACKS, SECONDS = 252, 3.0  # 42 per genre: 6 valid and 6 test each -> 36 test tracks
+# Pre-training audio: 30 min of unlabeled tracks from another corpus seed, none in the task.
+UNLABELED_TRACKS, UNLABELED_SECONDS, UNLABELED_SEED = 180, 10.0, 1
 PRETRAIN_STEPS, BATCH, CROP, LR, SEED = 600, 16, 64, 3e-3, 0
 TINY = MusiCoderConfig(max_frames=256, dropout=0.0)
 
@@ -135,16 +138,29 @@ def tagging_margins(out: pathlib.Path) -> tuple[float, float]:
     return auc(everything, ours) - auc(everything, theirs), robust_margin(drops)
 
 
+def corpus_paths(corpus) -> list[str]:
+    with open(corpus.labels) as f:
+        return [str(pathlib.Path(corpus.labels).parent / row["path"]) for row in csv.DictReader(f)]
+
+
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory) -> dict:
-    """Demo corpus -> brief pre-training -> export -> `launch/finetune.py --baselines` for the
-    genre and the tagging task. Returns the corpus summary, run folders, metrics and stdout."""
+    """Unlabeled demo audio -> brief pre-training -> export -> `launch/finetune.py --baselines`
+    on a separate labeled demo corpus, for the genre and the tagging task. Returns the task
+    corpus summary, run folders, metrics and stdout."""
     root = tmp_path_factory.mktemp("e2e")
-    corpus = generate_corpus(str(root / "corpus"), num_tracks=TRACKS, seconds=SECONDS, seed=0)
+    corpus = generate_corpus(
+        str(root / "corpus"), num_tracks=TRACKS, seconds=SECONDS, seed=0, workers=2
+    )
+    unlabeled = generate_corpus(
+        str(root / "unlabeled"),
+        num_tracks=UNLABELED_TRACKS,
+        seconds=UNLABELED_SECONDS,
+        seed=UNLABELED_SEED,
+        workers=2,
+    )
     cache = FeatureCache(str(root / "cache"), preset="musicoder324")  # the runs reuse it
-    with open(corpus.labels) as f:
-        train = [row["path"] for row in csv.DictReader(f) if row["split"] == "train"]
-    model, mean, std = pretrain([cache.get(str(root / "corpus" / p)) for p in train])
+    model, mean, std = pretrain([cache.get(path) for path in corpus_paths(unlabeled)])
     export = write_export(root / "encoder", model=model, mean=mean.numpy(), std=std.numpy())
     runs = {"corpus": corpus}
     for kind in ("genre", "tagging"):
@@ -206,12 +222,6 @@ def test_demo_corpus_end_to_end(demo_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="reconstruction pre-training of the tiny model does not beat a random-init "
-    "encoder under a mean-pooled linear probe on the demo corpus (margins are printed; "
-    "measurements in the module docstring)",
-)
 def test_pretrained_probe_beats_random_init(demo_runs):
     genre, genre_worst = genre_margins(demo_runs["genre"]["out"])
     tags, tags_worst = tagging_margins(demo_runs["tagging"]["out"])

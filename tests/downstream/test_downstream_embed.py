@@ -53,7 +53,7 @@ def test_folder_round_trip_with_rejects(tmp_path, tiny_export):
     )
     assert (summary["embedded"], summary["rejected"], summary["kind"]) == (3, 3, "audio")
     vectors, index, rejects = read_outputs(str(tmp_path / "out"))
-    assert vectors.shape == (3, 128) and vectors.dtype == np.float32
+    assert vectors.shape == (3, 256) and vectors.dtype == np.float32  # mean and std of 128
     assert [r["path"].rsplit("/", 2)[-1] for r in index] == ["a.wav", "b.flac", "c.wav"]
     assert {r["uri"].rsplit("/", 1)[-1]: r["error"] for r in rejects} == {
         "empty.mp3": "",
@@ -115,10 +115,14 @@ def test_s3_prefix(s3_env, tmp_path, tiny_export):
     storage.write_bytes(f"{s3_env}/musicals/x.wav", (tmp_path / "0.wav").read_bytes())  # not under
     summary = embed_inputs(
         EmbedConfig(
-            encoder=str(tiny_export), input=f"{s3_env}/music", output=f"{s3_env}/emb", device="cpu"
+            encoder=str(tiny_export),
+            input=f"{s3_env}/music",
+            output=f"{s3_env}/emb",
+            device="cpu",
+            pooling="mean",
         )
     )
-    assert summary["embedded"] == 2
+    assert summary["embedded"] == 2 and summary["dim"] == 128
     vectors, index, rejects = read_outputs(f"{s3_env}/emb")
     assert [r["path"] for r in index] == [f"{s3_env}/music/0.wav", f"{s3_env}/music/1.wav"]
     assert vectors.shape == (2, 128) and not rejects

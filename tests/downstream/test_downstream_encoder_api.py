@@ -30,13 +30,18 @@ def test_embed_shape_determinism_and_safetensors_path(tiny_export):
     encoder = musicoder.load_encoder(str(tiny_export), device="cpu")
     wave = torch.from_numpy(np.random.default_rng(0).standard_normal(22050 * 3).astype("float32"))
     first = encoder.embed(0.1 * wave)
-    assert first.shape == (encoder.hidden,) and first.dtype == torch.float32
+    assert first.shape == (2 * encoder.hidden,) and first.dtype == torch.float32  # mean, std
+    assert encoder.pooled_dim() == 2 * encoder.hidden and encoder.pooled_dim("mean") == 128
     assert torch.isfinite(first).all()
     torch.testing.assert_close(encoder.embed(0.1 * wave), first, rtol=0, atol=0)
     by_file = musicoder.load_encoder(str(tiny_export / "encoder.safetensors"), device="cpu")
     torch.testing.assert_close(by_file.embed((0.1 * wave).numpy()), first)
     assert isinstance(encoder.model, torch.nn.Module)
-    assert encoder.embed(0.1 * wave, layer=0).shape == (encoder.hidden,)
+    mean = encoder.embed(0.1 * wave, layer=0, pooling="mean")
+    assert mean.shape == (encoder.hidden,)
+    torch.testing.assert_close(encoder.embed(0.1 * wave, layer=0)[: encoder.hidden], mean)
+    with pytest.raises(ValueError, match="pooling: must be one of meanstd, mean, got 'max'"):
+        encoder.embed(0.1 * wave, pooling="max")
 
 
 def test_long_waveform_is_chunked_and_frame_weighted(tiny_export):
@@ -49,8 +54,12 @@ def test_long_waveform_is_chunked_and_frame_weighted(tiny_export):
         x = encoder.normalize(features[start:end])[None]
         hidden = encoder.model(x, torch.ones(1, end - start, dtype=torch.bool)).last_hidden
         manual.append(hidden[0])  # (frames, H)
-    expected = torch.cat(manual).mean(0)  # every frame weighs the same
+    frames = torch.cat(manual)  # every frame weighs the same, whichever chunk it is in
+    expected = torch.cat([frames.mean(0), frames.std(0, correction=0)])
     torch.testing.assert_close(encoder.embed_features(features), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        encoder.embed_features(features, pooling="mean"), frames.mean(0), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_padding_does_not_change_pooled_states(tiny_export):
@@ -61,7 +70,8 @@ def test_padding_does_not_change_pooled_states(tiny_export):
         for i, chunk in enumerate(chunks):
             alone = pool_layers(encoder.model, *pad_chunks([chunk]))
             torch.testing.assert_close(batched[i], alone[0], rtol=1e-4, atol=1e-5)
-    assert batched.shape == (3, encoder.num_states, encoder.hidden)
+    assert batched.shape == (3, encoder.num_states, 2 * encoder.hidden)
+    assert (batched[..., encoder.hidden :] > 0).all()  # a std over frames of real states
 
 
 def test_embed_resamples_and_rejects_bad_input(tiny_export):
