@@ -7,10 +7,12 @@ each pass repeated and the best kept (the machine is shared):
   raw_wds: read every tar member's bytes with webdataset's tar iterator, no decoding (the
     reference named in issue 6);
   raw_ours: the same with `musicoder.samples.iter_samples`, the reader the worker uses;
-  worker: the full per-worker path (tar read, npy decode, crop to 512, collate into one float32
-    batch with CMVN, CFM/CCM masking), batches of 16, in process (a DataLoader worker then also
-    copies each batch into shared memory). The clock starts after the first batch, which also
-    fills the 64-clip shuffle buffer, so it measures the steady state an epoch runs in.
+  worker: the full per-worker path (tar read, npy decode + finite check, crop to 512, collate
+    into one float32 batch with CMVN, CFM/CCM masks drawn), batches of 16, in process (in a
+    DataLoader worker the batch is allocated in shared memory instead). The clock starts after
+    the first batch, which also fills the 64-clip shuffle buffer: the steady state of an epoch.
+  model_input: what the trainer then spends building the masked input from a delivered batch
+    (`model_input`), on this CPU; on a GPU it runs after the host-to-device copy.
 Frames: raw counts every stored frame read (646 per clip); the worker counts frames delivered
 (512 per clip after the crop), which is what a GPU consumes; `*_clips_per_s` compare per clip.
 Rates are per CPU second of this process (`time.process_time`), i.e. what one dedicated core
@@ -37,6 +39,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from musicoder import storage
 from musicoder.data import DataConfig, ShardStream, read_manifest
 from musicoder.model import MaskingConfig, flops_per_frame, variant_config
+from musicoder.model.masking import model_input
 from musicoder.samples import iter_samples
 
 CLIP_FRAMES = 646  # 30 s at 22,050 Hz, hop 1024
@@ -71,13 +74,27 @@ def raw_rate(manifest, reader) -> tuple[float, float]:
     return _rates(frames, start)
 
 
-def worker_rate(manifest, root: str) -> tuple[float, float]:
-    """Delivered frames/s (CPU, wall) of one in-process worker after its first batch."""
+def _stream(manifest, root: str) -> ShardStream:
     cfg = DataConfig(manifest=root, max_frames=SEQ_LEN, num_workers=0, shuffle_buffer=SHUFFLE)
-    stream = ShardStream(
+    return ShardStream(
         manifest, cfg, MaskingConfig(), rank=0, world_size=1, batch_size=BATCH, seed=0
     )
-    batches = iter(stream)
+
+
+def model_input_ms(manifest, root: str, repeats: int = 20) -> float:
+    """CPU ms the trainer spends in `model_input` per delivered batch (best of `repeats`)."""
+    batch, _ = next(iter(_stream(manifest, root)))
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        model_input(batch)
+        times.append(time.process_time() - start)
+    return min(times) * 1e3
+
+
+def worker_rate(manifest, root: str) -> tuple[float, float]:
+    """Delivered frames/s (CPU, wall) of one in-process worker after its first batch."""
+    batches = iter(_stream(manifest, root))
     next(batches)
     start, frames = _clock(), 0
     for batch, _ in batches:
@@ -93,6 +110,7 @@ def main() -> None:
         write_shard_set(pathlib.Path(tmp), [clips] * shards, frames=(CLIP_FRAMES, CLIP_FRAMES))
         manifest = read_manifest(tmp)
         raw_rate(manifest, _wds_samples)  # warm the page cache so every pass reads from memory
+        build_ms = model_input_ms(manifest, tmp)
         wds, ours, worker = (
             [max(rates) for rates in zip(*(measure() for _ in range(repeats)), strict=True)]
             for measure in (
@@ -122,6 +140,7 @@ def main() -> None:
                     "raw_ours": round(ours[wall]),
                     "worker": round(worker[wall]),
                 },
+                "trainer_model_input_cpu_ms_per_batch": round(build_ms, 2),
                 "h100_base_frames_per_s_at_45pct_mfu": round(gpu),
                 "workers_per_gpu": math.ceil(gpu / worker[cpu]),
             }

@@ -1,26 +1,31 @@
 """Streaming training batches from WebDataset shards (DESIGN §5, §7).
 
 Reads a shard set through its `manifest.json` (local folder or `s3://` prefix, via
-`musicoder.storage.open_read`, never a shell pipe) with webdataset's tar iterators, and turns it
-into masked `Batch` objects inside DataLoader workers.
+`musicoder.storage.open_read`, never a shell pipe) with `musicoder.samples`' sequential tar
+reader, and turns it into masked `Batch` objects inside DataLoader workers.
 
-Why the planning is explicit rather than `wds.split_by_node`: collectives hang when ranks take
-different numbers of steps, so every rank must yield exactly floor(total / world / batch) batches
-per epoch, whatever the shard sizes, however many shards are unreadable. `plan_epoch` (pure,
-seeded) gives each (rank, worker) slot its shards and a batch quota; a slot that runs dry re-draws
-from its shards (then from all shards) instead of stopping early. With fewer shards than slots,
-every slot reads every shard and keeps the samples whose global index falls on its slot.
+Every rank yields exactly the same number of batches per epoch: `musicoder.shardset.plan_epoch`
+gives each (rank, worker) slot its shards and a batch quota; a slot that runs dry re-draws from
+its shards (then from all shards) instead of stopping early.
 
 Samples are read and decoded by `musicoder.samples` (sequential tar reading, npy header parsed
 without pickle, `np.frombuffer` views, JSON). A worker keeps each clip as stored (float16) until
 it is cropped, then copies the crops straight into one preallocated float32 batch (converting
-on the copy) and normalizes them there in place, `(x - mean) * inv_std`. Each batch carries the
-id and sample count of its worker so the trainer can record an exact resume position.
+on the copy; in a DataLoader worker that batch lives in shared memory, so handing it to the
+trainer copies nothing) and normalizes them there in place, `x * inv_std - mean * inv_std`.
+Masks are drawn in the worker (`draw_masks`) but applied on the training device
+(`model_input`): the worker never writes a second (B, T, C) tensor. Each batch carries the id
+and sample count of its worker so the trainer can record an exact resume position.
+
+The DataLoader keeps its workers across epochs (`persistent_workers`). The workers hold copies of
+the stream, so the epoch and the per-worker resume skips live in a small shared-memory tensor that
+`set_epoch` / `set_position` write and `__iter__` reads when each epoch starts.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,17 +35,31 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from musicoder import storage
-from musicoder.model import Batch, MaskingConfig, apply_masking
-from musicoder.samples import ShardFormatError, decode_sample, iter_samples
+from musicoder.model import Batch, MaskingConfig
+from musicoder.model.masking import draw_masks
+from musicoder.samples import BufferPool, ShardFormatError, decode_sample, iter_samples
+from musicoder.shardset import (
+    Manifest,
+    ShardRef,
+    WorkerPlan,
+    check_preset,
+    derive_seed,
+    plan_epoch,
+    read_manifest,
+)
 
-__all__ = ["ShardFormatError", "decode_sample"]  # re-exported: part of this module's API
+__all__ = [  # re-exported: part of this module's API
+    "Manifest",
+    "ShardFormatError",
+    "ShardRef",
+    "check_preset",
+    "decode_sample",
+    "derive_seed",
+    "plan_epoch",
+    "read_manifest",
+]
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-SHARD_FORMAT = "musicoder-shards"
-SHARD_FORMAT_VERSION = 1
-STD_FLOOR = 1e-5  # constant channels (e.g. a silent CQT bin) must not divide by zero
 
 
 @dataclass
@@ -80,28 +99,6 @@ class DataPosition:
     batch_size: int = 1
 
 
-@dataclass(frozen=True)
-class ShardRef:
-    """One shard listed in the manifest."""
-
-    uri: str
-    samples: int
-
-
-@dataclass
-class Manifest:
-    """The parts of `manifest.json` the loader needs."""
-
-    uri: str
-    preset: str
-    channels: int
-    train: list[ShardRef]
-    val: list[ShardRef]
-    mean: np.ndarray  # (C,) float32
-    std: np.ndarray  # (C,) float32
-    raw: dict
-
-
 @dataclass
 class BatchInfo:
     """Where a batch came from, for resume positions and data-health metrics."""
@@ -113,147 +110,23 @@ class BatchInfo:
     frames: int  # valid frames in the batch
 
 
-@dataclass(frozen=True)
-class WorkerPlan:
-    """What one (rank, worker) slot reads in one epoch."""
+@dataclass
+class _Reading:
+    """One worker's reading state for one epoch: skip counters and its payload buffers."""
 
-    shards: tuple[int, ...]  # indices into the manifest's shard list, in read order
-    stride: int  # keep samples whose global index % stride == offset (1 = keep all)
-    offset: int
-    batches: int  # exactly this many batches
-
-
-def read_manifest(uri: str) -> Manifest:
-    """Read and validate a shard set's manifest.
-
-    Args:
-        uri: `manifest.json` or the folder / prefix that holds it.
-
-    Returns:
-        The parsed manifest with shard URIs resolved against its folder.
-
-    Raises:
-        FileNotFoundError: no manifest (the shard set is missing or incomplete).
-        ShardFormatError: wrong format or version, or missing fields.
-    """
-    base = uri.rstrip("/")
-    if base.endswith(".json"):
-        path, base = base, base.rsplit("/", 1)[0] if "/" in base else "."
-    else:
-        path = storage.join(base, MANIFEST_NAME)
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no manifest; the shard set is missing or not complete")
-    raw = storage.read_json(path)
-    if raw.get("format") != SHARD_FORMAT or raw.get("format_version") != SHARD_FORMAT_VERSION:
-        raise ShardFormatError(
-            f"{path}: not a {SHARD_FORMAT} v{SHARD_FORMAT_VERSION} manifest "
-            f"(format={raw.get('format')!r}, version={raw.get('format_version')!r})"
-        )
-    try:
-        channels = int(raw["channels"])
-        mean = np.asarray(raw["stats"]["mean"], dtype=np.float32)
-        std = np.asarray(raw["stats"]["std"], dtype=np.float32)
-        refs = {
-            split: [
-                ShardRef(storage.join(base, s["name"]), int(s["samples"]))
-                for s in raw.get(split, [])
-            ]
-            for split in ("train", "val")
-        }
-        preset = str(raw["preset"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ShardFormatError(f"{path}: malformed manifest ({exc!r})") from exc
-    if mean.shape != (channels,) or std.shape != (channels,):
-        raise ShardFormatError(f"{path}: stats must have {channels} channels")
-    return Manifest(
-        uri=path,
-        preset=preset,
-        channels=channels,
-        train=refs["train"],
-        val=refs["val"],
-        mean=mean,
-        std=np.maximum(std, STD_FLOOR),
-        raw=raw,
-    )
+    pool: BufferPool
+    shards: int = 0  # unreadable shards skipped
+    samples: int = 0  # bad samples skipped
 
 
-def check_preset(manifest: Manifest, preset: str, input_dim: int) -> None:
-    """Refuse shards made with another feature preset than the model expects.
-
-    Raises:
-        ValueError: naming the manifest, both presets and channel counts.
-    """
-    if manifest.preset != preset or manifest.channels != input_dim:
-        raise ValueError(
-            f"{manifest.uri}: shards use preset {manifest.preset!r} ({manifest.channels} channels) "
-            f"but the run expects preset {preset!r} with model input_dim {input_dim}"
-        )
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed mixing all parts (seed, epoch, rank, worker, ...) without collisions."""
-    return int(
-        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
-        >> np.uint64(1)
-    )
-
-
-def plan_epoch(
-    samples: Sequence[int],
-    *,
-    world_size: int,
-    num_workers: int,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-) -> list[list[WorkerPlan]]:
-    """Assign shards to every (rank, worker) slot for one epoch. Pure and seeded.
-
-    Args:
-        samples: sample count of each shard, in manifest order.
-        world_size: number of ranks.
-        num_workers: loader workers per rank (use 1 for in-process loading).
-        batch_size: micro batch per rank.
-        seed: run seed.
-        epoch: epoch number (changes the assignment and read order).
-
-    Returns:
-        `plans[rank][worker]`. Every rank's worker quotas sum to
-        floor(sum(samples) / world_size / batch_size), identical across ranks.
-
-    Raises:
-        ValueError: too few samples for one batch per rank.
-    """
-    slots = world_size * num_workers
-    per_rank = sum(samples) // (world_size * batch_size)
-    if per_rank < 1:
-        raise ValueError(
-            f"{sum(samples)} samples are too few for {world_size} ranks x batch "
-            f"{batch_size}; make more shards or lower train.micro_batch"
-        )
-    quota = [per_rank // num_workers + (w < per_rank % num_workers) for w in range(num_workers)]
-    rng = np.random.default_rng(derive_seed(seed, epoch))
-    order = [int(i) for i in rng.permutation(len(samples))]
-    if len(samples) < slots:  # split by sample index inside shards
-        return [
-            [
-                WorkerPlan(tuple(order), slots, r * num_workers + w, quota[w])
-                for w in range(num_workers)
-            ]
-            for r in range(world_size)
-        ]
-    # Largest shards first to the least loaded slot; ties keep the seeded order.
-    load, owned = [0] * slots, [[] for _ in range(slots)]
-    for i in sorted(order, key=lambda i: -samples[i]):
-        slot = min(range(slots), key=lambda s: (load[s], len(owned[s]), s))
-        load[slot] += samples[i]
-        owned[slot].append(i)
-    for shard_list in owned:  # read order within a slot is random, not size-sorted
-        rng.shuffle(shard_list)
-    return [
-        [WorkerPlan(tuple(owned[r * num_workers + w]), 1, 0, quota[w]) for w in range(num_workers)]
-        for r in range(world_size)
-    ]
+def _empty_float32(*shape: int) -> torch.Tensor:
+    """An uninitialized float32 tensor; inside a DataLoader worker it is allocated in shared
+    memory, so sending it to the training process moves a handle, not the data (as torch's
+    `default_collate` does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0).set_(storage, 0, shape)
 
 
 def collate(
@@ -264,16 +137,17 @@ def collate(
 ) -> Batch:
     """Copy clips `[(T_i, C)]` (any float dtype) into one preallocated float32 batch padded with
     zeros to the longest, marking real frames in `valid`; with `mean` and `inv_std` (C,), each
-    clip is normalized in place there: `(x - mean) * inv_std`.
+    clip is normalized in place there, `(x - mean) * inv_std` as one fused multiply-add.
     """
     lengths = [int(clip.shape[0]) for clip in clips]
     b, t = len(clips), max(lengths)
-    features = torch.empty(b, t, clips[0].shape[1])  # (B, T, C)
+    features = _empty_float32(b, t, clips[0].shape[1])  # (B, T, C)
+    shift = None if mean is None else -mean * inv_std
     for i, (clip, n) in enumerate(zip(clips, lengths, strict=True)):
         rows = features[i, :n]
         rows.copy_(torch.as_tensor(clip))  # float16 -> float32 on the copy (faster than numpy)
-        if mean is not None:
-            rows.sub_(mean).mul_(inv_std)
+        if shift is not None:
+            torch.addcmul(shift, rows, inv_std, out=rows)  # one pass, in cache after the copy
         features[i, n:].zero_()
     valid = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
     return Batch(features=features, valid=valid)
@@ -310,24 +184,44 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.seed, self.shuffle = seed, shuffle
         self.num_workers = max(1, config.num_workers)
-        self.epoch = 0
-        self.skip = [0] * self.num_workers  # samples to skip per worker (resume)
+        # [epoch, skip per worker]: shared with persistent DataLoader workers, read per epoch
+        self._position = torch.zeros(1 + self.num_workers, dtype=torch.int64)
+        if config.num_workers:
+            self._position.share_memory_()
         self._mean = torch.from_numpy(manifest.mean) if config.normalize else None
         self._inv_std = torch.from_numpy(1.0 / manifest.std) if config.normalize else None
-        self.batches_per_epoch = sum(plan.batches for plan in self._plans())
+        self.batches_per_epoch = sum(plan.batches for plan in self._plans(0))  # same every epoch
 
-    def _plans(self) -> list[WorkerPlan]:
+    def _plans(self, epoch: int) -> list[WorkerPlan]:
         return plan_epoch(
             [s.samples for s in self.shards],
             world_size=self.world_size,
             num_workers=self.num_workers,
             batch_size=self.batch_size,
             seed=self.seed,
-            epoch=self.epoch,
+            epoch=epoch,
         )[self.rank]
 
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration yields."""
+        return int(self._position[0])
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._position[0] = epoch
+
+    @property
+    def skip(self) -> list[int]:
+        """Samples each logical worker skips at the start of the next iteration (resume)."""
+        return self._position[1:].tolist()
+
+    @skip.setter
+    def skip(self, skip: Sequence[int]) -> None:
+        self._position[1:] = torch.tensor(skip, dtype=torch.int64)
+
     def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` from its beginning."""
+        """Start `epoch` from its beginning (also in persistent DataLoader workers)."""
         self.epoch, self.skip = epoch, [0] * self.num_workers
 
     def set_position(self, position: DataPosition) -> None:
@@ -357,48 +251,54 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[Batch, BatchInfo]]:
         info = get_worker_info()
+        epoch, skips = self.epoch, self.skip  # read once, when the epoch starts
         # Batch b of an epoch comes from logical worker b % W (the DataLoader's round robin).
         # After a resume the DataLoader starts again at its worker 0, so rotate the mapping to
         # make that worker the logical one that is next in line.
-        rotation = sum(self.skip) // self.batch_size
+        rotation = sum(skips) // self.batch_size
         worker = ((info.id if info is not None else 0) + rotation) % self.num_workers
         if info is not None and info.num_workers != self.num_workers:
             raise ValueError(
                 f"DataLoader has {info.num_workers} workers, stream planned for {self.num_workers}"
             )
-        torch.set_num_threads(1)
-        plan = self._plans()[worker]
-        stats = {"shards": 0, "samples": 0}
-        stream = self._clips(plan, worker, stats)
-        skip = self.skip[worker]
+        if info is not None:  # a loader process: one thread each (in-process, leave the trainer's)
+            torch.set_num_threads(1)
+        skip = skips[worker]
+        plan = self._plans(epoch)[worker]
+        reading = _Reading(BufferPool(limit=2 * self.batch_size))
+        stream = self._clips(plan, epoch, worker, reading)
         for _ in range(skip):
             next(stream)
         for index in range(skip // self.batch_size, plan.batches):
             clips = [next(stream) for _ in range(self.batch_size)]
             batch = collate(clips, mean=self._mean, inv_std=self._inv_std)
+            for clip in clips:  # copied: their payload buffers can take the next samples
+                reading.pool.give(clip)
             gen = torch.Generator().manual_seed(
-                derive_seed(self.seed, self.epoch, self.rank, worker, index)
+                derive_seed(self.seed, epoch, self.rank, worker, index)
             )
-            batch = apply_masking(batch, self.masking, gen)
+            batch = draw_masks(batch, self.masking, gen)
             yield (
                 batch,
                 BatchInfo(
                     worker=worker,
                     consumed=(index + 1) * self.batch_size,
-                    skipped_shards=stats["shards"],
-                    skipped_samples=stats["samples"],
+                    skipped_shards=reading.shards,
+                    skipped_samples=reading.samples,
                     frames=int(batch.valid.sum()),
                 ),
             )
 
-    def _clips(self, plan: WorkerPlan, worker: int, stats: dict) -> Iterator[np.ndarray]:
+    def _clips(
+        self, plan: WorkerPlan, epoch: int, worker: int, reading: _Reading
+    ) -> Iterator[np.ndarray]:
         """Cropped clips `(T, C)` as stored, in shuffled order, re-drawn without end."""
-        rng = np.random.default_rng(derive_seed(self.seed, self.epoch, self.rank, worker, 1))
+        rng = np.random.default_rng(derive_seed(self.seed, epoch, self.rank, worker, 1))
         # A buffer larger than the slot's share would re-read shards before the first batch.
         share = sum(self.shards[i].samples for i in plan.shards) // plan.stride
         size = min(self.config.shuffle_buffer, share) if self.shuffle else 0
         buffer: list[np.ndarray] = []
-        for feats in self._records(plan, rng, stats):
+        for feats in self._records(plan, rng, reading):
             if size > 1:
                 buffer.append(feats)
                 if len(buffer) < size:
@@ -416,7 +316,7 @@ class ShardStream(IterableDataset):
         return feats
 
     def _records(
-        self, plan: WorkerPlan, rng: np.random.Generator, stats: dict
+        self, plan: WorkerPlan, rng: np.random.Generator, reading: _Reading
     ) -> Iterator[np.ndarray]:
         """Decoded samples of the slot's shards, round after round; a round without any
         readable sample widens to every shard, and if none of those is readable either, raise."""
@@ -429,7 +329,7 @@ class ShardStream(IterableDataset):
                     continue
                 read = 0
                 try:
-                    for k, feats in enumerate(self._read_shard(self.shards[i].uri, stats)):
+                    for k, feats in enumerate(self._read_shard(self.shards[i].uri, reading)):
                         read += 1
                         if feats is not None and (offsets[i] + k) % plan.stride == plan.offset:
                             delivered += 1
@@ -439,7 +339,7 @@ class ShardStream(IterableDataset):
                         dead.add(i)
                     if i not in failed:  # a readable prefix stays in use for re-draws
                         failed.add(i)
-                        stats["shards"] += 1
+                        reading.shards += 1
                         log.warning(
                             "skipping unreadable shard %s after %d samples: %s",
                             self.shards[i].uri,
@@ -453,21 +353,22 @@ class ShardStream(IterableDataset):
             if self.shuffle:
                 rng.shuffle(shards)
 
-    def _read_shard(self, uri: str, stats: dict) -> Iterator[np.ndarray | None]:
+    def _read_shard(self, uri: str, reading: _Reading) -> Iterator[np.ndarray | None]:
         """Every sample of one shard in tar order; a bad sample yields None and is counted, so
         sample indexes stay aligned with the index file."""
         with storage.open_read(uri) as f:
-            for sample in iter_samples(f, uri):
+            for sample in iter_samples(f, uri, alloc=reading.pool.take):
                 try:
                     yield decode_sample(sample, self.manifest.channels, self.config.preset)
                 except ShardFormatError as exc:
-                    stats["samples"] += 1
+                    reading.samples += 1
                     log.warning("skipping bad sample in %s: %s", uri, exc)
                     yield None
 
 
 def make_loader(stream: ShardStream) -> DataLoader:
-    """A DataLoader over `stream` with its configured workers; iterate it once per epoch."""
+    """A DataLoader over `stream` with its configured workers, kept across epochs: build it
+    once, then per epoch call `stream.set_epoch` (or `set_position`) and iterate it once."""
     workers = stream.config.num_workers
     return DataLoader(
         stream,
@@ -475,4 +376,5 @@ def make_loader(stream: ShardStream) -> DataLoader:
         num_workers=workers,
         collate_fn=_identity,
         prefetch_factor=stream.config.prefetch_factor if workers else None,
+        persistent_workers=workers > 0,
     )

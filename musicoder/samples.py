@@ -3,14 +3,15 @@
 Why not webdataset's tar iterator: it reads through `tarfile`'s stream mode, which joins and
 re-slices its buffers for every member; on a 30 s sample (420 kB of float16 features) that costs
 more than all of the decoding. `iter_samples` reads the tar strictly sequentially (so an S3
-stream is never re-opened by a seek), parses each 512-byte header with `tarfile.TarInfo.frombuf`
-(checksum, ustar fields; GNU long names and pax `path`/`size` records are applied), reads each
-payload with `readinto` into its own writable `bytearray`, and groups members by key as
-webdataset does (`<key>.<suffix>`, the key ending at the first dot of the base name).
+stream is never re-opened by a seek), parses each 512-byte header (plain ustar regular-file
+headers directly, everything else with `tarfile.TarInfo.frombuf`; checksums verified, GNU long
+names and pax `path`/`size` records applied), reads each payload with `readinto` into a
+writable `bytearray` (recycled through a `BufferPool` by the loader), and groups members by key
+as webdataset does (`<key>.<suffix>`, the key ending at the first dot of the base name).
 
 `decode_features` parses the npy header with numpy's own safe header parser (object dtypes are
 refused, as `np.load(allow_pickle=False)` would) and wraps the payload with `np.frombuffer`: no
-copy. The finite check tests exponent bits, ~10x faster than `np.isfinite` on float16.
+copy. The finite check reduces the bits (two integer maxima), ~20x `np.isfinite` on float16.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import io
 import json
 import logging
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -29,13 +30,17 @@ from numpy.lib import format as npy_format
 log = logging.getLogger(__name__)
 
 BLOCK = 512  # tar block size
+USTAR_MAGIC = b"ustar\x0000"  # POSIX ustar magic + version, as Python's tarfile writes it
 FEATURE_SUFFIX = "feat.npy"
 META_SUFFIX = "json"
 NPY_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-EXPONENT_BITS = {
-    np.dtype(np.float16): (np.uint16, 0x7C00),
-    np.dtype(np.float32): (np.uint32, 0x7F800000),
-}  # all ones = inf or nan
+# Per float dtype: (signed int view, unsigned int view, smallest +inf/nan pattern, smallest
+# -inf/nan pattern). Exponent all ones = inf or nan: as signed ints the positive ones are the
+# largest values, as unsigned ints the negative ones are; two max reductions find either.
+NONFINITE_BITS = {
+    np.dtype(np.float16): (np.int16, np.uint16, 0x7C00, 0xFC00),
+    np.dtype(np.float32): (np.int32, np.uint32, 0x7F800000, 0xFF800000),
+}
 
 
 class ShardFormatError(ValueError):
@@ -65,8 +70,39 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
-def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytearray]]:
-    """`(name, payload)` of every regular file in a tar stream, in order.
+def _octal(field: bytes | bytearray) -> int:
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def parse_header(header: bytes | bytearray) -> tuple[str, int, bytes]:
+    """`(name, size, type)` of a 512-byte tar header.
+
+    A POSIX ustar header of a regular file with an octal size and the right checksum (what
+    shard writers produce) is parsed here, ~4x faster than `tarfile.TarInfo.frombuf`; every
+    other header (GNU, pax, links, base-256 sizes, bad checksums, the zero end block) goes to
+    `frombuf`, which also raises its errors.
+
+    Raises:
+        tarfile.TarError: see `tarfile.TarInfo.frombuf` (`EOFHeaderError` at a zero block).
+    """
+    if header[257:265] == USTAR_MAGIC and header[156:157] == tarfile.REGTYPE and header[124] < 0x80:
+        try:
+            checksum, size = _octal(header[148:156]), _octal(header[124:136])
+        except ValueError:
+            checksum = size = -1
+        if checksum == sum(header) - sum(header[148:156]) + 256:  # chksum field read as spaces
+            name, prefix = header[:100].split(b"\0", 1)[0], header[345:500].split(b"\0", 1)[0]
+            name = prefix + b"/" + name if prefix else name
+            return name.decode("utf-8", "surrogateescape"), size, tarfile.REGTYPE
+    info = tarfile.TarInfo.frombuf(bytes(header), "utf-8", "surrogateescape")
+    return info.name, info.size, info.type
+
+
+def iter_members(
+    f: BinaryIO, alloc: Callable[[int], bytearray] = bytearray
+) -> Iterator[tuple[str, bytearray]]:
+    """`(name, payload)` of every regular file in a tar stream, in order; each payload is read
+    into `alloc(size)` (a new zeroed `bytearray`, or a recycled one from a `BufferPool`).
 
     Raises:
         tarfile.TarError: bad header checksum, truncated header or payload.
@@ -81,33 +117,36 @@ def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytearray]]:
         if got < BLOCK:
             raise tarfile.ReadError("truncated tar header")
         try:
-            info = tarfile.TarInfo.frombuf(bytes(header), "utf-8", "surrogateescape")
+            name, size, kind = parse_header(header)
         except tarfile.EOFHeaderError:  # a zero block: end of archive
             return
-        size = int(pax.pop("size", info.size))
-        data, skip = bytearray(size), -size % BLOCK  # payloads are padded to whole blocks
+        size = int(pax.pop("size", size))
+        data, skip = alloc(size), -size % BLOCK  # payloads are padded to whole blocks
         if _read_into(f, data) < size or _read_into(f, memoryview(pad)[:skip]) < skip:
-            raise tarfile.ReadError(f"{info.name}: truncated tar member")
-        if info.type == tarfile.XHDTYPE:
+            raise tarfile.ReadError(f"{name}: truncated tar member")
+        if kind == tarfile.XHDTYPE:
             pax = _pax_records(data)
-        elif info.type == tarfile.GNUTYPE_LONGNAME:
+        elif kind == tarfile.GNUTYPE_LONGNAME:
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-        elif info.type != tarfile.XGLTYPE:
-            name = pax.pop("path", None) or long_name or info.name
+        elif kind != tarfile.XGLTYPE:
+            name = pax.pop("path", None) or long_name or name
             pax, long_name = {}, None
-            if info.type in tarfile.REGULAR_TYPES:
+            if kind in tarfile.REGULAR_TYPES:
                 yield name, data
 
 
-def iter_samples(f: BinaryIO, uri: str) -> Iterator[dict[str, bytearray | str]]:
-    """Group consecutive members by key: `{"__key__": key, suffix: payload, ...}`.
+def iter_samples(
+    f: BinaryIO, uri: str, alloc: Callable[[int], bytearray] = bytearray
+) -> Iterator[dict[str, bytearray | str]]:
+    """Group consecutive members by key: `{"__key__": key, suffix: payload, ...}`; payloads
+    come from `alloc` (see `iter_members`).
 
     Raises:
         ShardFormatError: a key repeats a suffix (a malformed shard).
         tarfile.TarError: see `iter_members`.
     """
     sample: dict[str, bytearray | str] = {}
-    for name, data in iter_members(f):
+    for name, data in iter_members(f, alloc):
         base = name.rsplit("/", 1)[-1]
         dot = base.find(".")
         if dot <= 0:
@@ -122,6 +161,45 @@ def iter_samples(f: BinaryIO, uri: str) -> Iterator[dict[str, bytearray | str]]:
         sample[suffix] = data
     if sample:
         yield sample
+
+
+class BufferPool:
+    """Payload buffers for `iter_members`, recycled once the arrays that view them are dead.
+
+    Why: with fresh buffers, 400 kB payloads held in a shuffle buffer make glibc hand memory
+    back to the kernel and fault it in again (~25 page faults per clip, about as long as the
+    read itself). The loader gives each clip back once collation has copied it, and the next
+    payload of the same size is read into that buffer: no allocation, no zeroing, no faults.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # buffers kept at most
+        self._free: dict[int, list[bytearray]] = {}
+        self._count = 0
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of exactly `size` bytes (recycled when one is free, else new)."""
+        free = self._free.get(size)
+        if not free:
+            return bytearray(size)
+        self._count -= 1
+        return free.pop()
+
+    def give(self, array: np.ndarray) -> None:
+        """Recycle the buffer under `array` (from `decode_features`, or a view of it). The caller
+        guarantees that no view of that buffer is read again; other arrays are ignored."""
+        base = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if isinstance(base, memoryview):
+            base = base.obj
+        if not isinstance(base, bytearray):
+            return
+        if self._count >= self.limit:  # e.g. sizes that never came back: start over
+            self._free.clear()
+            self._count = 0
+        self._free.setdefault(len(base), []).append(base)
+        self._count += 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -156,9 +234,12 @@ def decode_features(data: bytes | bytearray) -> np.ndarray:
 
 
 def all_finite(array: np.ndarray) -> bool:
-    """No inf or nan in a float16/float32 array (exponent bits, no float temporaries)."""
-    bits, mask = EXPONENT_BITS[array.dtype]
-    return not ((array.view(bits) & mask) == mask).any()
+    """No inf or nan in a float16/float32 array: two integer max reductions over its bits, no
+    temporaries (~3x a bit-mask test, ~20x `np.isfinite` on float16)."""
+    signed, unsigned, positive, negative = NONFINITE_BITS[array.dtype]
+    if array.size == 0:
+        return True
+    return array.view(signed).max() < positive and array.view(unsigned).max() < negative
 
 
 def decode_sample(sample: dict, channels: int, preset: str) -> np.ndarray:
@@ -184,7 +265,7 @@ def decode_sample(sample: dict, channels: int, preset: str) -> np.ndarray:
         raise ShardFormatError(
             f"{key}: features shape {feats.shape}, expected (frames, {channels})"
         )
-    if feats.dtype not in EXPONENT_BITS:
+    if feats.dtype not in NONFINITE_BITS:
         raise ShardFormatError(f"{key}: features dtype {feats.dtype}, expected float16")
     if not all_finite(feats):
         raise ShardFormatError(f"{key}: non-finite feature values")

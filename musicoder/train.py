@@ -38,6 +38,7 @@ from musicoder.model import (
     MusiCoder,
     MusiCoderConfig,
     flops_per_frame,
+    model_input,
     reconstruction_loss,
     variant_config,
 )
@@ -301,8 +302,9 @@ class Pretrainer:
         """(Batch, BatchInfo) pairs across epochs, keeping the data position current."""
         position = self.state.position
         position.consumed = list(self.stream.skip)
+        loader = make_loader(self.stream)  # built once: its workers persist across epochs
         while True:
-            for item in make_loader(self.stream):
+            for item in loader:
                 position.consumed[item[1].worker] = item[1].consumed
                 self._skipped[item[1].worker] = item[1].skipped_shards
                 yield item
@@ -327,7 +329,8 @@ class Pretrainer:
                 batch, info = next(self._batches)
                 target = batch.to(self.device)
                 torch.manual_seed(derive_seed(tcfg.seed, self.state.step, micro, self.rank))
-                out = engine(target.masked_input.to(self.dtype), target.valid)
+                inputs = model_input(target, self.dtype)  # masks applied on the device
+                out = engine(inputs, target.valid)
                 loss = reconstruction_loss(out.reconstruction.float(), target)
                 engine.backward(loss.total)
                 engine.step()
@@ -351,7 +354,7 @@ class Pretrainer:
                 self.tb.reconstruction(
                     step,
                     target.features[0],
-                    target.masked_input[0],
+                    inputs[0],
                     out.reconstruction[0].detach(),
                     target.valid[0],
                 )
@@ -408,7 +411,7 @@ class Pretrainer:
             if i >= self.config.data.val_max_batches:
                 break
             target = batch.to(self.device)
-            out = self.engine(target.masked_input.to(self.dtype), target.valid)
+            out = self.engine(model_input(target, self.dtype), target.valid)
             sums += torch.tensor(
                 [reconstruction_loss(out.reconstruction.float(), target).total.item(), 1.0],
                 dtype=torch.float64,

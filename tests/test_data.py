@@ -1,15 +1,19 @@
 """Tests for musicoder/data.py: planning invariants over seeds, equal batch counts per rank,
-seeded determinism, resume positions, CMVN, preset checks and unreadable shards."""
+seeded determinism, resume positions, persistent workers across epochs, CMVN, preset checks
+and unreadable shards."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import musicoder.data
 from musicoder.data import (
     DataConfig,
     DataPosition,
@@ -20,7 +24,8 @@ from musicoder.data import (
     plan_epoch,
     read_manifest,
 )
-from musicoder.model import MaskingConfig
+from musicoder.model import MaskingConfig, apply_masking
+from musicoder.model.masking import model_input
 
 BATCH = 3
 
@@ -42,6 +47,29 @@ def _stream(root, *, rank=0, world=1, workers=0, seed=0, **data) -> ShardStream:
 
 def _collect(stream: ShardStream) -> list:
     return list(make_loader(stream))
+
+
+def _in_process(stream: ShardStream, monkeypatch) -> list:
+    """What a DataLoader with the stream's workers yields, computed in this process: each
+    worker's batches, interleaved round robin as the DataLoader does."""
+    per_worker = []
+    for worker in range(stream.num_workers):
+        info = SimpleNamespace(id=worker, num_workers=stream.num_workers)
+        with monkeypatch.context() as m:
+            m.setattr(musicoder.data, "get_worker_info", lambda info=info: info)
+            per_worker.append(list(stream))
+    rounds = itertools.zip_longest(*per_worker)
+    return [item for items in rounds for item in items if item is not None]
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x.features, y.features)
+        and torch.equal(x.frame_source, y.frame_source)
+        and torch.equal(x.ccm, y.ccm)
+        and i.worker == j.worker
+        for (x, i), (y, j) in zip(a, b)
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -81,7 +109,8 @@ def test_every_rank_yields_the_same_number_of_batches(fixture, request):
         for batch, info in batches:
             assert batch.features.shape[0] == BATCH and batch.features.shape[2] == 324
             assert batch.features.shape[1] <= 32 and batch.valid.any(1).all()
-            assert batch.masked_input is not None and batch.cfm.any()
+            assert batch.masked_input is None and batch.cfm.any()  # built by model_input
+            assert (batch.frame_source < 0).any() and batch.ccm.any()
         keys.append({info.worker for _, info in batches})
     assert keys == [{0, 1}, {0, 1}]
 
@@ -91,7 +120,7 @@ def test_streams_are_deterministic_and_seed_dependent(uneven_shard_set):
     b = _collect(_stream(uneven_shard_set, workers=2, seed=5))
     c = _collect(_stream(uneven_shard_set, workers=2, seed=6))
     for (x, _), (y, _) in zip(a, b, strict=True):
-        assert torch.equal(x.masked_input, y.masked_input) and torch.equal(x.cfm, y.cfm)
+        assert torch.equal(model_input(x), model_input(y)) and torch.equal(x.cfm, y.cfm)
     assert any(
         x.features.shape != z.features.shape or not torch.equal(x.features, z.features)
         for (x, _), (z, _) in zip(a, c)
@@ -112,9 +141,45 @@ def test_epochs_differ_and_resume_replays_exactly(uneven_shard_set):
     rest = _collect(resumed)
     assert len(rest) == len(full) - 5
     for (x, _), (y, _) in zip(full[5:], rest, strict=True):
-        assert torch.equal(x.masked_input, y.masked_input)
+        assert torch.equal(model_input(x), model_input(y))
     stream.set_epoch(4)
     assert not torch.equal(_collect(stream)[0][0].features[:, :8], full[0][0].features[:, :8])
+
+
+def test_persistent_workers_follow_epochs_and_resume(uneven_shard_set, monkeypatch):
+    stream = _stream(uneven_shard_set, workers=2, seed=2)
+    loader = make_loader(stream)
+    assert loader.persistent_workers
+    epochs = []
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        epochs.append(list(loader))  # the same two worker processes both times
+        fresh = _stream(uneven_shard_set, workers=2, seed=2)
+        fresh.set_epoch(epoch)
+        assert _same(epochs[-1], _in_process(fresh, monkeypatch))
+    assert not _same(epochs[0], epochs[1])
+    consumed = [0, 0]
+    for _, info in epochs[1][:3]:
+        consumed[info.worker] = info.consumed
+    stream.set_position(
+        DataPosition(epoch=1, consumed=consumed, world_size=1, num_workers=2, batch_size=BATCH)
+    )
+    assert _same(list(loader), epochs[1][3:])  # resume mid-epoch, workers still the same
+    stream.set_epoch(2)
+    fresh = _stream(uneven_shard_set, workers=2, seed=2)
+    fresh.set_epoch(2)
+    assert _same(list(loader), _in_process(fresh, monkeypatch))
+
+
+def test_loader_batches_build_the_apply_masking_input(few_shard_set):
+    stream = _stream(few_shard_set, workers=0)
+    (batch, info), *_ = _collect(stream)
+    gen = torch.Generator().manual_seed(
+        musicoder.data.derive_seed(stream.seed, 0, stream.rank, info.worker, 0)
+    )
+    reference = apply_masking(batch, stream.masking, gen)
+    assert torch.equal(model_input(batch), reference.masked_input)
+    assert torch.equal(batch.cfm, reference.cfm) and torch.equal(batch.ccm, reference.ccm)
 
 
 def test_position_maps_to_another_world_size(uneven_shard_set):
@@ -142,7 +207,7 @@ def test_cmvn_uses_manifest_stats(few_shard_set):
     torch.testing.assert_close(
         frames.std(0), torch.ones(324, dtype=torch.float64), atol=2e-2, rtol=0
     )
-    assert not torch.equal(batch.masked_input, batch.features)
+    assert not torch.equal(model_input(batch), batch.features)
 
 
 def test_preset_mismatch_is_refused(few_shard_set):

@@ -1,5 +1,6 @@
 """Tests for musicoder/samples.py: the sequential tar reader against tarfile-written archives in
-every format, npy decoding without pickle, and the finite check."""
+every format, its header fast path against tarfile's parser, payload buffer recycling, npy
+decoding without pickle, and the finite check."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import numpy as np
 import pytest
 
 from musicoder.samples import (
+    BLOCK,
+    BufferPool,
     ShardFormatError,
     all_finite,
     decode_features,
     iter_members,
     iter_samples,
+    parse_header,
 )
 
 
@@ -51,6 +55,7 @@ def test_members_match_tarfile(fmt):
     long = "deep/" * 30 + "k\u00e9y_00001.feat.npy"  # > 100 chars, non-ASCII: GNU/pax records
     members = [
         ("a_00000.feat.npy", b"x" * 700),
+        ("pre/" * 30 + "fix_00000.json", b"[1]"),  # ustar: split into prefix and name
         ("a_00000.json", b"{}"),
         ("empty.bin", b""),
         ("b_00000.json", bytes(range(256)) * 3),
@@ -60,6 +65,43 @@ def test_members_match_tarfile(fmt):
     data = _tar(members, fmt)
     got = [(name, bytes(payload)) for name, payload in iter_members(ShortReads(data))]
     assert got == members
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_header_fast_path_matches_tarfile(fmt):
+    members = [("a_0.feat.npy", b"x" * 700), ("pre/" * 30 + "b_1.json", b"{}"), ("c", b"")]
+    data = _tar(members + [("k\u00e9y_2.json", b"1")] * (fmt != tarfile.USTAR_FORMAT), fmt)
+    pos = 0
+    while data[pos : pos + BLOCK].count(0) < BLOCK:
+        header = bytearray(data[pos : pos + BLOCK])
+        info = tarfile.TarInfo.frombuf(bytes(header), "utf-8", "surrogateescape")
+        assert parse_header(header) == (info.name, info.size, info.type)
+        pos += BLOCK + -(-info.size // BLOCK) * BLOCK
+    header = bytearray(_tar(members, tarfile.USTAR_FORMAT)[BLOCK : 2 * BLOCK])  # a_0.feat.npy
+    assert parse_header(header)[0] == "a_0.feat.npy"
+    header[130] ^= 1  # a size digit: the checksum no longer matches
+    with pytest.raises(tarfile.InvalidHeaderError, match="checksum"):
+        parse_header(header)
+    with pytest.raises(tarfile.EOFHeaderError):
+        parse_header(bytearray(BLOCK))
+
+
+def test_buffer_pool_recycles_payloads():
+    arrays = [np.full((50, 4), i, np.float16) for i in range(4)]
+    members = []
+    for i, array in enumerate(arrays):
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        members.append((f"k_{i}.feat.npy", buf.getvalue()))
+    pool, buffers = BufferPool(limit=2), []
+    for _, payload in iter_members(io.BytesIO(_tar(members, tarfile.PAX_FORMAT)), pool.take):
+        feats = decode_features(payload)
+        np.testing.assert_array_equal(feats, arrays[len(buffers)])  # never a stale payload
+        buffers.append(payload)
+        pool.give(feats[10:20])  # a crop of it: its buffer is found through the views
+    assert buffers[1] is buffers[0] and buffers[3] is buffers[2]
+    pool.give(np.zeros(3))  # not a payload: ignored
+    assert pool.take(7) is not buffers[0] and len(pool.take(7)) == 7
 
 
 def test_samples_group_by_key_and_reject_duplicates():
@@ -118,6 +160,13 @@ def test_decode_features_refuses_pickle_and_garbage():
     np.save(buf, np.ones((100, 4), np.float16))
     with pytest.raises(ValueError, match="needs more"):
         decode_features(buf.getvalue()[:-10])
+
+
+def test_all_finite_on_every_float16_bit_pattern():
+    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    values = bits.view(np.float16)
+    for value, finite in zip(values, np.isfinite(values), strict=True):
+        assert all_finite(np.array([[0.5, value, -2.0]], np.float16)) == finite
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])

@@ -11,7 +11,14 @@ from musicoder.model.export import load_encoder_weights, save_encoder
 from musicoder.model.flops import count_parameters, flops_per_frame
 from musicoder.model.heads import ModelOutput, MusiCoder, ReconstructionHead
 from musicoder.model.loss import LossOutput, reconstruction_loss
-from musicoder.model.masking import MaskingConfig, apply_masking, mask_channels, mask_frames
+from musicoder.model.masking import (
+    MaskingConfig,
+    apply_masking,
+    draw_masks,
+    mask_channels,
+    mask_frames,
+    model_input,
+)
 
 __all__ = [
     "VARIANTS",
@@ -26,10 +33,12 @@ __all__ = [
     "ReconstructionHead",
     "apply_masking",
     "count_parameters",
+    "draw_masks",
     "flops_per_frame",
     "load_encoder_weights",
     "mask_channels",
     "mask_frames",
+    "model_input",
     "reconstruction_loss",
     "save_encoder",
     "variant_config",

@@ -1,7 +1,9 @@
 """The `Batch` dataclass: the contract between data loading, masking, the model and the loss.
 
-Collation builds `features` and `valid`; masking (in the loader workers) fills `masked_input`,
-`cfm` and `ccm`; the model reads `masked_input` and `valid`; the loss reads the rest.
+Collation builds `features` and `valid`; masking fills `cfm`, `ccm` and `frame_source` (the
+loader workers, `draw_masks`) and possibly `masked_input` (`apply_masking`); the model reads
+`model_input(batch)` (= `masked_input`, or the masks applied to `features` on the training
+device) and `valid`; the loss reads `features`, `valid`, `cfm` and `ccm`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Batch:
         masked_input: (B, T, C) model input after masking, or None before masking.
         cfm: (B, T) bool, frames to predict (Contiguous Frames Masking), or None.
         ccm: (B, C) bool, channels to predict (Contiguous Channels Masking), or None.
+        frame_source: (B, T) int64, what CFM shows at each frame: the time index of a frame of
+            the same clip (itself when unchanged, another for a random replacement), or -1 for
+            zeros; None = frames unchanged.
     """
 
     features: Tensor
@@ -30,13 +35,20 @@ class Batch:
     masked_input: Tensor | None = None
     cfm: Tensor | None = None
     ccm: Tensor | None = None
+    frame_source: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.features.dim() != 3:
             shape = tuple(self.features.shape)
             raise ValueError(f"Batch.features: expected shape (B, T, C), got {shape}")
         b, t, c = self.features.shape
-        expected = {"valid": (b, t), "masked_input": (b, t, c), "cfm": (b, t), "ccm": (b, c)}
+        expected = {
+            "valid": (b, t),
+            "masked_input": (b, t, c),
+            "cfm": (b, t),
+            "ccm": (b, c),
+            "frame_source": (b, t),
+        }
         for name, shape in expected.items():
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != shape:
@@ -45,6 +57,9 @@ class Batch:
             value = getattr(self, name)
             if value is not None and value.dtype != torch.bool:
                 raise ValueError(f"Batch.{name}: expected dtype torch.bool, got {value.dtype}")
+        if self.frame_source is not None and self.frame_source.dtype != torch.int64:
+            dtype = self.frame_source.dtype
+            raise ValueError(f"Batch.frame_source: expected dtype torch.int64, got {dtype}")
 
     def to(
         self,

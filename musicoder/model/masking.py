@@ -1,9 +1,10 @@
 """CFM and CCM masking as pure, seeded functions on a collated `Batch` (DESIGN §6, STYLE §7).
 
-The loader workers call these after collation; the model never masks. Every draw comes from the
-explicit `torch.Generator` (never the global RNG), the input batch is never mutated, and padding
-frames are never masked or used as replacements. The work is vectorized over the batch so a
-16 x 512-frame batch takes a few milliseconds on one CPU thread.
+Loader workers call `draw_masks`: it records every draw in the Batch (`cfm`, `ccm`, and
+`frame_source`, what each frame shows) without writing a masked copy of the features, which
+`model_input` builds on the training device; `apply_masking` does both (same draws, same result).
+The model never masks. All randomness comes from the explicit `torch.Generator`, inputs are never
+mutated, padding is never masked nor used as a replacement. ~0.8 ms per 16 x 512 frames.
 
 CFM (Contiguous Frames Masking), per clip with n valid frames:
   budget = round(cfm_fraction * n) frames. Span lengths L ~ Geometric(span_p) on {1, 2, ...},
@@ -12,12 +13,11 @@ CFM (Contiguous Frames Masking), per clip with n valid frames:
   exactly the budget). Because that rule never looks at the span it is deciding on (a stopping
   time), the pooled span lengths keep their exact distribution (mean 4.15, where a "stop nearest
   the budget" rule measures ~4.11), each clip's masked total averages its budget, and it stays
-  within one span of it; no span is truncated. The k spans are
-  placed uniformly at random among all arrangements with at least one unmasked frame between
-  neighbours, so spans neither overlap nor touch (each span is one visible run). Per span:
-  `zero_prob` -> zeros, `random_prob` -> each frame replaced by a random valid frame of the same
-  clip, else unchanged.
-  Positions are counted over the valid frames, so a non-prefix `valid` mask also works.
+  within one span of it; no span is truncated. The k spans are placed uniformly at random among
+  all arrangements with at least one unmasked frame between neighbours, so spans neither overlap
+  nor touch (each span is one visible run). Per span: `zero_prob` -> zeros, `random_prob` -> each
+  frame replaced by a random valid frame of the same clip, else unchanged. Positions are counted
+  over the valid frames, so a non-prefix `valid` mask also works.
 
 CCM (Contiguous Channels Masking), per clip: one band inside [ccm_lo, ccm_hi), width uniform in
 {0, ..., W}, start uniform given the width, zeroed over all valid frames.
@@ -164,21 +164,23 @@ def _threshold_table(
 
 def _frame_spans(
     valid: Tensor, cfg: MaskingConfig, generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Draw CFM spans.
 
     Returns:
-        (inside, frame_action, n): (B, T) bool span membership and (B, T) long span action, both
-        in valid-frame coordinates (column j = the j-th valid frame), and (B,) valid counts.
+        (rows, starts, lengths, action, n): for each of the M spans, its clip (M,), its first
+        frame in valid-frame coordinates (column j = the j-th valid frame) (M,), its length
+        (M,) and its action (M,); and (B,) valid counts.
     """
     b, t = valid.shape
     device = valid.device
     n = valid.sum(dim=1)  # (B,) valid frames per clip
     budget = torch.floor(cfg.cfm_fraction * n + 0.5).long()
-    k_max = min(-(-int(budget.max() + 1) // cfg.span_min) + 1, t) if b and cfg.enable_cfm else 0
+    most = int(budget.max()) if b else 0
+    k_max = min(-(-(most + 1) // cfg.span_min) + 1, t) if b and cfg.enable_cfm else 0
     if k_max == 0:
-        none = torch.zeros(b, t, dtype=torch.bool, device=device)
-        return none, none.long(), n
+        none = torch.zeros(0, dtype=torch.long, device=device)
+        return none, none, none, none, n
 
     # Span lengths: inverse-CDF geometric on {1, 2, ...}, clamped.
     u = _rand((b, k_max + 1), generator, device)
@@ -188,7 +190,7 @@ def _frame_spans(
     # Stop at the first span whose sum reaches a threshold drawn from the budget alone (see
     # `_threshold_table`). That is a stopping time, so by Wald's identity the pooled span
     # lengths keep their exact mean (4.15), and each clip's expected masked total is its budget.
-    size = 1 << max(6, int(budget.max()).bit_length())  # few distinct cached tables
+    size = 1 << max(6, most.bit_length())  # few distinct cached tables
     lo, p_hi = (
         x.to(device) for x in _threshold_table(cfg.span_p, cfg.span_min, cfg.span_max, size)
     )
@@ -207,56 +209,54 @@ def _frame_spans(
     keys = keys.masked_fill(beyond, -1.0)
     c = keys.topk(k_max, dim=1).indices  # random order; the first k are a uniform k-subset
     c = torch.where(used, c, t + 1).sort(dim=1).values
-    starts = torch.where(used, c + cum - lengths, t)  # unused slots point at the spare column t
-    ends = torch.where(used, starts + lengths, t)
-    one = used.long()
-    first = torch.zeros(b, t + 1, dtype=torch.long, device=device).scatter_add_(1, starts, one)
-    inside = (first - torch.zeros_like(first).scatter_add_(1, ends, one)).cumsum(dim=1)[:, :t] > 0
-    span_id = (first.cumsum(dim=1)[:, :t] - 1).clamp(min=0)
+    starts = c + cum - lengths  # (B, K), meaningful where used
 
     draw = _rand((b, k_max), generator, device)
     action = torch.full((b, k_max), KEEP, dtype=torch.long, device=device)
     action = action.masked_fill(draw < cfg.zero_prob + cfg.random_prob, RANDOM)
     action = action.masked_fill(draw < cfg.zero_prob, ZERO)
-    return inside, action.gather(1, span_id), n
+    rows, slots = used.nonzero(as_tuple=True)  # (M,) each, clip-major: the used spans
+    return rows, starts[rows, slots], lengths[rows, slots], action[rows, slots], n
 
 
-def _mask_frames_into(
-    out: Tensor, batch: Batch, base: Tensor, cfg: MaskingConfig, generator: torch.Generator
+def _draw_frames(
+    valid: Tensor, cfg: MaskingConfig, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Draw CFM; return cfm (B, T) bool and the frame sources (B, T) long: for each frame, the
+    time index of the frame of the same clip that the model input shows there, -1 = zeros.
+    Works on the masked frames as one flat list, not on (B, T) grids."""
+    (b, t), device = valid.shape, valid.device
+    rows, starts, lengths, action, n = _frame_spans(valid, cfg, generator)
+    span = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)  # (F,)
+    offset = torch.arange(len(span), device=device) - (lengths.cumsum(0) - lengths)[span]
+    frame_rows = rows[span]  # (F,) clip of each masked frame
+    times = _valid_times(valid, n)
+    time = times[frame_rows, starts[span] + offset]  # (F,) its time index
+    cfm = torch.zeros(b, t, dtype=torch.bool, device=device)
+    cfm[frame_rows, time] = True
+    source = torch.arange(t, device=device).repeat(b, 1)  # (B, T) identity
+    frame_action = action[span]
+    zero, random = frame_action == ZERO, frame_action == RANDOM
+    source[frame_rows[zero], time[zero]] = -1
+    pick_rows = frame_rows[random]
+    pick = _rand((len(pick_rows),), generator, device) * n[pick_rows]
+    pick = torch.minimum(pick.long(), n[pick_rows] - 1)  # a uniform valid frame of the clip
+    source[pick_rows, time[random]] = times[pick_rows, pick]
+    return cfm, source
+
+
+def _valid_times(valid: Tensor, n: Tensor) -> Tensor:
+    """(B, T) long: column j holds the time index of the j-th valid frame of each clip."""
+    times = torch.arange(valid.shape[1], device=valid.device)
+    if bool(valid.eq(times < n[:, None]).all()):  # real frames first, then padding: identity
+        return times.expand_as(valid)
+    return torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+
+
+def _draw_channels(
+    b: int, c: int, cfg: MaskingConfig, generator: torch.Generator, device: torch.device
 ) -> Tensor:
-    """Apply CFM to `out` (a private copy of `base`) in place; return cfm (B, T).
-
-    Only the affected rows are written, through flat row indices into `out` viewed as
-    (B * T, C): no full-size temporaries.
-    """
-    b, t, c = base.shape
-    inside, frame_action, n = _frame_spans(batch.valid, cfg, generator)
-    # Valid-frame coordinates -> time: order[:, j] is the time index of the j-th valid frame.
-    order = torch.argsort((~batch.valid).to(torch.int8), dim=1, stable=True)
-    cfm = torch.empty_like(inside).scatter_(1, order, inside)
-    frame_action = torch.empty_like(frame_action).scatter_(1, order, frame_action)
-    pick = _rand((b, t), generator, base.device)
-    if not bool(cfm.any()):
-        return cfm
-    rows = out.view(b * t, c)  # (B * T, C), shares memory with out
-    rows[(cfm & (frame_action == ZERO)).view(-1).nonzero().squeeze(1)] = 0.0
-    replaced = (cfm & (frame_action == RANDOM)).view(-1).nonzero().squeeze(1)  # flat b * t + i
-    source = torch.minimum(torch.floor(pick * n[:, None]).long(), (n - 1).clamp(min=0)[:, None])
-    source = order.gather(1, source) + t * torch.arange(b, device=base.device)[:, None]
-    rows.index_copy_(0, replaced, base.reshape(b * t, c).index_select(0, source.view(-1)[replaced]))
-    return cfm
-
-
-def _mask_channels_into(
-    out: Tensor, valid: Tensor, cfg: MaskingConfig, generator: torch.Generator
-) -> Tensor:
-    """Apply CCM to `out` in place on valid frames; return ccm (B, C).
-
-    One strided slice per clip (its band on its valid frames) is zeroed, so the pass touches
-    only the band's cells, not the whole (B, T, C) batch.
-    """
-    b, t, c = out.shape
-    device = out.device
+    """Draw CCM; return ccm (B, C) bool, one band per clip."""
     if not cfg.enable_ccm:
         return torch.zeros(b, c, dtype=torch.bool, device=device)
     lo, hi, max_width = channel_band(cfg, c)
@@ -265,22 +265,87 @@ def _mask_channels_into(
     start = lo + torch.floor(_rand((b,), generator, device) * (hi - lo - width + 1)).long()
     start = torch.minimum(start, hi - width)
     channel = torch.arange(c, device=device)[None, :]
-    ccm = (channel >= start[:, None]) & (channel < (start + width)[:, None])  # (B, C)
-    n = valid.sum(dim=1)
-    prefix = valid.eq(torch.arange(t, device=device)[None, :] < n[:, None]).all(dim=1)
-    bands = torch.stack([start, start + width, n, prefix.long()], dim=1).tolist()
-    for i, (first, stop, count, is_prefix) in enumerate(bands):
-        if stop == first or count == 0:
-            continue
-        if is_prefix:  # the common layout: real frames first, then padding
+    return (channel >= start[:, None]) & (channel < (start + width)[:, None])  # (B, C)
+
+
+def _apply_frames(out: Tensor, frame_source: Tensor) -> None:
+    """Apply frame sources to `out` (B, T, C) in place, writing only the changed rows of
+    `out` viewed as (B * T, C); replacements are read first, so they show unmasked frames."""
+    b, t, c = out.shape
+    rows = out.view(b * t, c)  # (B * T, C), shares memory with out
+    identity = torch.arange(t, device=out.device)
+    moved = ((frame_source >= 0) & (frame_source != identity)).reshape(-1).nonzero().squeeze(1)
+    flat = (frame_source + t * torch.arange(b, device=out.device)[:, None]).reshape(-1)
+    replacement = rows.index_select(0, flat[moved])
+    rows.index_fill_(0, (frame_source < 0).reshape(-1).nonzero().squeeze(1), 0.0)
+    rows.index_copy_(0, moved, replacement)
+
+
+def _apply_channels(out: Tensor, valid: Tensor, ccm: Tensor) -> None:
+    """Zero the CCM channels of `out` (B, T, C) on valid frames, in place. A contiguous band on
+    prefix-valid frames (what `_draw_channels` and collation make) is one strided slice per
+    clip, so only the band's cells are touched; any other mask falls back to `masked_fill_`."""
+    t = out.shape[1]
+    n, width = valid.sum(dim=1), ccm.sum(dim=1)
+    start = ccm.to(torch.int8).argmax(dim=1)  # first masked channel
+    runs = (ccm[:, 1:] & ~ccm[:, :-1]).sum(dim=1) + ccm[:, 0]  # 1 for a single band
+    prefix = valid.eq(torch.arange(t, device=out.device)[None, :] < n[:, None]).all(dim=1)
+    simple = prefix & (runs == 1)
+    bands = torch.stack([start, start + width, n, simple.long()], dim=1).tolist()
+    for i, (first, stop, count, is_simple) in enumerate(bands):
+        if is_simple:
             out[i, :count, first:stop].zero_()
-        else:
-            out[i, :, first:stop].masked_fill_(valid[i, :, None], 0.0)
-    return ccm
+        elif stop > first and count:
+            out[i].masked_fill_(valid[i, :, None] & ccm[i][None, :], 0.0)
 
 
 def _base(batch: Batch) -> Tensor:
     return batch.features if batch.masked_input is None else batch.masked_input
+
+
+def _masked(base: Tensor, masks: Batch, dtype: torch.dtype | None = None) -> Tensor:
+    """A copy of `base` (in `dtype`) with the masks' `frame_source` and `ccm` applied."""
+    out = base.to(dtype or base.dtype, copy=True)
+    if masks.frame_source is not None:
+        _apply_frames(out, masks.frame_source)
+    if masks.ccm is not None:
+        _apply_channels(out, masks.valid, masks.ccm)
+    return out
+
+
+def model_input(batch: Batch, dtype: torch.dtype | None = None) -> Tensor:
+    """The model's input for a batch: `masked_input` when set, else `features` with
+    `frame_source` and `ccm` applied (each where set), built on the batch's device.
+
+    Args:
+        batch: A batch from `apply_masking` or `draw_masks` (or an unmasked one).
+        dtype: Float dtype of the result (default: that of `features`).
+
+    Returns:
+        (B, T, C) tensor; a new one unless it is `masked_input` or `features` as they are.
+    """
+    if batch.masked_input is not None or (batch.frame_source is None and batch.ccm is None):
+        base = _base(batch)
+        return base if dtype is None else base.to(dtype)
+    return _masked(batch.features, batch, dtype)
+
+
+def draw_masks(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> Batch:
+    """CFM then CCM, drawn but not applied (what loader workers deliver): `model_input` later
+    builds what `apply_masking` with a generator in the same state returns as `masked_input`.
+
+    Args:
+        batch: Collated batch (`features`, `valid`); a `masked_input` is dropped.
+        cfg: Masking parameters.
+        generator: Source of all randomness (on the batch's device).
+
+    Returns:
+        A new Batch with `cfm`, `ccm` and `frame_source` set and `masked_input` None.
+    """
+    b, _, c = batch.features.shape
+    cfm, fs = _draw_frames(batch.valid, cfg, generator)
+    ccm = _draw_channels(b, c, cfg, generator, batch.valid.device)
+    return dataclasses.replace(batch, masked_input=None, cfm=cfm, ccm=ccm, frame_source=fs)
 
 
 def mask_frames(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> Batch:
@@ -292,12 +357,12 @@ def mask_frames(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) ->
         generator: Source of all randomness (on the batch's device).
 
     Returns:
-        A new Batch with `masked_input` and `cfm` (B, T) set; `batch` is unchanged.
+        A new Batch with `masked_input`, `cfm` (B, T) and `frame_source` set.
     """
-    base = _base(batch)
-    out = base.clone()
-    cfm = _mask_frames_into(out, batch, base, cfg, generator)
-    return dataclasses.replace(batch, masked_input=out, cfm=cfm)
+    cfm, frame_source = _draw_frames(batch.valid, cfg, generator)
+    out = _base(batch).clone()
+    _apply_frames(out, frame_source)
+    return dataclasses.replace(batch, masked_input=out, cfm=cfm, frame_source=frame_source)
 
 
 def mask_channels(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> Batch:
@@ -309,10 +374,12 @@ def mask_channels(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) 
         generator: Source of all randomness (on the batch's device).
 
     Returns:
-        A new Batch with `masked_input` and `ccm` (B, C) set; `batch` is unchanged.
+        A new Batch with `masked_input` and `ccm` (B, C) set.
     """
+    b, _, c = batch.features.shape
+    ccm = _draw_channels(b, c, cfg, generator, batch.valid.device)
     out = _base(batch).clone()
-    ccm = _mask_channels_into(out, batch.valid, cfg, generator)
+    _apply_channels(out, batch.valid, ccm)
     return dataclasses.replace(batch, masked_input=out, ccm=ccm)
 
 
@@ -321,15 +388,12 @@ def apply_masking(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) 
     input, and the CCM band is hidden on every valid frame, replaced ones included.
 
     Args:
-        batch: Collated batch (`features`, `valid`).
+        batch: Collated batch (`features`, `valid`); `masked_input` is the base when set.
         cfg: Masking parameters.
         generator: Source of all randomness (on the batch's device).
 
     Returns:
-        A new Batch with `masked_input`, `cfm` and `ccm` set; `batch` is unchanged.
+        A new Batch with `masked_input`, `cfm`, `ccm` and `frame_source` set.
     """
-    base = _base(batch)
-    out = base.clone()
-    cfm = _mask_frames_into(out, batch, base, cfg, generator)
-    ccm = _mask_channels_into(out, batch.valid, cfg, generator)
-    return dataclasses.replace(batch, masked_input=out, cfm=cfm, ccm=ccm)
+    masks = draw_masks(batch, cfg, generator)
+    return dataclasses.replace(masks, masked_input=_masked(_base(batch), masks))

@@ -53,7 +53,9 @@ class TrainLogger:
         if self.writer is None:
             return
         length = max(int(valid.sum()), 1)
-        panels = [p[:length].float().T.flip(0) for p in (features, masked, reconstruction)]
+        panels = [
+            p[:length].detach().float().cpu().T.flip(0) for p in (features, masked, reconstruction)
+        ]  # device tensors come back to the CPU here
         lo, hi = panels[0].min(), panels[0].max()  # one scale, set by the input, for all three
         gap = torch.ones(SEPARATOR_ROWS, length)
         rows = [panels[0], gap, panels[1], gap, panels[2]]

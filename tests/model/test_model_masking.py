@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from musicoder.model import Batch, MaskingConfig, apply_masking, mask_channels, mask_frames
-from musicoder.model.masking import channel_band
+from musicoder.model.masking import channel_band, draw_masks, model_input
 
 P_MIN = 1e-3  # chi-square tests fail below this p-value
 
@@ -212,3 +212,59 @@ def test_short_clips_stay_within_their_frames():
 def test_invalid_masking_config_is_rejected(kwargs, key):
     with pytest.raises(ValueError, match=f"^masking.{key}: invalid value"):
         MaskingConfig(**kwargs)
+
+
+def _odd_valid() -> torch.Tensor:
+    valid = torch.zeros(5, 40, dtype=torch.bool)
+    valid[0] = True
+    valid[1, :25] = True
+    valid[2, 5:35:2] = True  # non-prefix
+    valid[3, :3] = True
+    return valid  # valid[4]: no frame
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_drawn_masks_build_the_same_input_as_apply_masking(seed):
+    valid = _odd_valid()
+    features = torch.randn(5, 40, 16, generator=torch.Generator().manual_seed(seed))
+    batch = Batch(features=features, valid=valid)
+    cfg = MaskingConfig(cfm_fraction=0.4, ccm_lo=0, ccm_hi=16)
+    drawn = draw_masks(batch, cfg, torch.Generator().manual_seed(seed))
+    applied = apply_masking(batch, cfg, torch.Generator().manual_seed(seed))
+    assert drawn.masked_input is None and batch.frame_source is None
+    for name in ("cfm", "ccm", "frame_source"):
+        assert torch.equal(getattr(drawn, name), getattr(applied, name))
+    assert torch.equal(model_input(drawn), applied.masked_input)
+    half = model_input(drawn, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, applied.masked_input.bfloat16())
+    assert model_input(applied) is applied.masked_input
+    assert model_input(batch) is batch.features
+
+
+def test_frame_sources_follow_the_cfm_spans():
+    valid = _odd_valid().repeat(20, 1)
+    batch = Batch(features=torch.randn(100, 40, 4), valid=valid)
+    drawn = draw_masks(batch, MaskingConfig(cfm_fraction=0.4), torch.Generator().manual_seed(3))
+    source, cfm = drawn.frame_source, drawn.cfm
+    time = torch.arange(40).expand(100, 40)
+    assert torch.equal(source[~cfm], time[~cfm])  # unmasked frames show themselves
+    replaced = cfm & (source >= 0) & (source != time)
+    zeroed, kept = cfm & (source < 0), cfm & (source == time)
+    assert zeroed.any() and replaced.any() and kept.any()
+    rows = torch.arange(100)[:, None].expand(100, 40)
+    assert valid[rows[replaced], source[replaced]].all()  # a real frame of the same clip
+    # 80/10/10 over frames (spans are ~4 frames, so this is loose)
+    share = torch.stack([zeroed.sum(), replaced.sum() + kept.sum()]).float() / cfm.sum()
+    assert 0.7 < share[0] < 0.9
+
+
+def test_batch_checks_frame_source():
+    features, valid = torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="frame_source"):
+        Batch(features=features, valid=valid, frame_source=torch.zeros(2, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="frame_source"):
+        Batch(features=features, valid=valid, frame_source=torch.zeros(2, 4, dtype=torch.long))
+    moved = Batch(features, valid, frame_source=torch.zeros(2, 3, dtype=torch.long)).to(
+        "cpu", torch.bfloat16
+    )
+    assert moved.frame_source.dtype == torch.long and moved.features.dtype == torch.bfloat16
