@@ -30,6 +30,8 @@ class ShardJobConfig:
         min_seconds: shorter tracks are rejected, shorter final remainders dropped.
         shard_size_mb: target tar size in MB (10^6 bytes); files are grouped at plan time by their
             estimated audio duration (see ``plan.json``'s ``grouping``).
+        calibration_files: files per extension whose header duration is read at plan time to
+            measure bytes per second of audio (a seeded sample); 0 = the built-in table only.
         keep_audio: also store each segment as ``<key>.flac`` (mono, 16-bit, at the preset's rate).
         seed: seeds the file order; same inputs + seed give byte-identical shards.
         val_fraction: share of source files held out (by a hash of their URI) into ``val-*`` shards.
@@ -47,6 +49,7 @@ class ShardJobConfig:
     segment_seconds: float = 30.0
     min_seconds: float = 2.0
     shard_size_mb: float = 256.0
+    calibration_files: int = 8
     keep_audio: bool = False
     seed: int = 0
     val_fraction: float = 0.02
@@ -65,6 +68,8 @@ class ShardJobConfig:
             )
         if self.shard_size_mb <= 0:
             raise ValueError(f"shard_size_mb={self.shard_size_mb} must be > 0")
+        if self.calibration_files < 0:
+            raise ValueError(f"calibration_files={self.calibration_files} must be >= 0 (0 = off)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         if not 0.0 <= self.max_reject_fraction <= 1.0:

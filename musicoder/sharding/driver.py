@@ -116,7 +116,10 @@ def run(cfg: ShardJobConfig, *, dry_run: bool = False, progress: bool = True) ->
     started = time.perf_counter()
     check_paths(cfg)
     output = normalize_uri(cfg.output)
-    plan = build_plan(cfg)
+    previous = _previous_plan(output)
+    plan = build_plan(cfg, reuse=previous.get("grouping"))
+    if previous and plan.fingerprint != previous.get("fingerprint"):
+        plan = build_plan(cfg)  # inputs or config changed: measure the rates afresh
     if dry_run:
         return RunResult("dry_run", EXIT_OK, describe_plan(plan, output))
     names = _names_in(output)
@@ -153,6 +156,17 @@ def describe_plan(plan: ShardPlan, output: str) -> str:
         f"(target {plan.config['shard_size_mb']:g} MB) in {output}; "
         f"fingerprint {plan.fingerprint[:12]}"
     )
+
+
+def _previous_plan(output: str) -> dict:
+    """The ``plan.json`` already in ``output``, or {} when there is none (or it is unreadable)."""
+    uri = storage.join(output, PLAN_NAME)
+    try:
+        old = storage.read_json(uri) if storage.exists(uri) else {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); planning afresh", uri, exc)
+        return {}
+    return old if isinstance(old, dict) else {}
 
 
 def _names_in(output: str) -> set[str]:

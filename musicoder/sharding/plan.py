@@ -10,8 +10,10 @@ output belongs to the same plan. Steps:
 2. Drop duplicates by real path (``storage.real_key``), keeping the smallest URI.
 3. Order files by a seeded 64-bit hash of the URI: a shuffle that does not depend on listing order.
 4. Hold out whole files for validation by an unseeded hash of the URI (stable across seeds).
-5. Group each split greedily by estimated audio seconds (file bytes / a per-format byte rate)
-   towards the target shard size; the rule is recorded in ``plan.json``.
+5. Measure bytes per second of audio per extension on a small seeded sample of the files
+   (:mod:`musicoder.sharding.calibrate`; a table when disabled or nothing could be read).
+6. Group each split greedily by estimated audio seconds (file bytes / that rate) towards the
+   target shard size; the rule, the rates and the sample are recorded in ``plan.json``.
 
 Memory: the driver must plan millions of files, so files live in compact arrays
 (:class:`FileTable`: one UTF-8 blob + offsets + sizes, plus two 8-byte hashes and a flag), about
@@ -34,6 +36,11 @@ import musicoder
 from musicoder import config as config_lib
 from musicoder import features, storage
 from musicoder.audio import AUDIO_EXTENSIONS
+from musicoder.sharding.calibrate import (
+    DEFAULT_INPUT_BYTES_PER_SECOND,
+    INPUT_BYTES_PER_SECOND,
+    calibrate_rates,
+)
 from musicoder.sharding.config import EXECUTION_KEYS, ShardJobConfig
 from musicoder.sharding.inputs import iter_input, normalize_uri, suffix
 
@@ -45,15 +52,6 @@ PLAN_FORMAT_VERSION = 1
 TRAIN, VAL = "train", "val"
 SHARD_PREFIX = {TRAIN: "shard", VAL: "val"}
 MB = 1_000_000
-# Rough encoded bytes per second of audio by container; only used to size shards at plan time.
-INPUT_BYTES_PER_SECOND = {
-    ".wav": 176_400,
-    ".flac": 100_000,
-    ".mp3": 24_000,
-    ".ogg": 20_000,
-    ".oga": 20_000,
-}
-DEFAULT_INPUT_BYTES_PER_SECOND = 64_000
 SAMPLE_OVERHEAD_BYTES = 2_500  # tar headers + padding + npy header + sample JSON
 FLAC_BYTES_PER_SAMPLE = 1.2  # 16-bit mono FLAC of music compresses to roughly 60%
 MISSING_REASON = "cannot stat: missing, or a dangling or looping symlink"
@@ -161,16 +159,28 @@ def output_bytes_per_second(cfg: ShardJobConfig) -> float:
     return rate + SAMPLE_OVERHEAD_BYTES / cfg.segment_seconds
 
 
-def estimate_seconds(uri: str, size: int) -> float:
-    """Audio seconds guessed from a file's size and extension (a plan-time size proxy)."""
-    return max(size, 0) / INPUT_BYTES_PER_SECOND.get(suffix(uri), DEFAULT_INPUT_BYTES_PER_SECOND)
+def estimate_seconds(uri: str, size: int, rates: dict[str, float] | None = None) -> float:
+    """Audio seconds guessed from a file's size and extension (a plan-time size proxy).
+
+    Args:
+        uri: the file (only its extension is used).
+        size: its size in bytes.
+        rates: bytes per second by extension (the plan's ``grouping.input_bytes_per_second``);
+            None = the fallback table.
+    """
+    rate = (rates or INPUT_BYTES_PER_SECOND).get(suffix(uri), DEFAULT_INPUT_BYTES_PER_SECOND)
+    return max(size, 0) / rate
 
 
-def build_plan(cfg: ShardJobConfig) -> ShardPlan:
+def build_plan(cfg: ShardJobConfig, *, reuse: dict | None = None) -> ShardPlan:
     """List the inputs and group them into shards.
 
     Args:
         cfg: the job config (``inputs`` must be non-empty).
+        reuse: the ``grouping`` of an earlier ``plan.json`` of this output: its measured rates
+            are used instead of calibrating again, so that a resume does not depend on the
+            sampled files still reading the same (a file replaced or an object unreachable
+            since would otherwise change the shards). Ignored when it holds no rates.
 
     Returns:
         The plan, fingerprinted.
@@ -211,9 +221,17 @@ def build_plan(cfg: ShardJobConfig) -> ShardPlan:
     is_val = np.frombuffer(bytes(val), dtype=np.bool_)[ids] if len(ids) else np.zeros(0, bool)
     target = cfg.shard_size_mb * MB / output_bytes_per_second(cfg)
     order = np.concatenate([ids[~is_val], ids[is_val]]).astype(np.int64)
+    if reuse and isinstance(reuse.get("input_bytes_per_second"), dict):
+        rates = {k: float(v) for k, v in reuse["input_bytes_per_second"].items()}
+        calibration = reuse.get("calibration") or {}
+    else:
+        rates, calibration = calibrate_rates(
+            ((files.uri(int(i)), files.size(int(i))) for i in ids), cfg.calibration_files
+        )
     shards: list[PlannedShard] = []
-    est = _group(files, order, 0, int((~is_val).sum()), TRAIN, target, shards)
-    est += _group(files, order, int((~is_val).sum()), len(order), VAL, target, shards)
+    n_train = int((~is_val).sum())
+    est = _group(files, order, 0, n_train, TRAIN, target, rates, shards)
+    est += _group(files, order, n_train, len(order), VAL, target, rates, shards)
     plan = ShardPlan(
         files=files,
         order=order,
@@ -221,7 +239,7 @@ def build_plan(cfg: ShardJobConfig) -> ShardPlan:
         rejects=sorted(rejects.values(), key=lambda r: r["uri"]),
         duplicates=len(files) - len(ids),
         est_seconds=est,
-        grouping=_grouping_rule(cfg, target),
+        grouping=_grouping_rule(cfg, target, rates, calibration),
         inputs=[normalize_uri(s) for s in cfg.inputs],
         config=job_config_dict(cfg),
     )
@@ -260,6 +278,7 @@ def _group(
     stop: int,
     split: str,
     target: float,
+    rates: dict[str, float],
     shards: list[PlannedShard],
 ) -> float:
     """Greedy grouping of ``order[start:stop]`` into shards of ~``target`` estimated seconds."""
@@ -267,7 +286,7 @@ def _group(
     first = start
     count = 0
     for j in range(start, stop):
-        est = estimate_seconds(files.uri(int(order[j])), files.size(int(order[j])))
+        est = estimate_seconds(files.uri(int(order[j])), files.size(int(order[j])), rates)
         if j > first and acc + est > target:
             shards.append(_shard(len(shards), split, count, first, j))
             count, first, acc = count + 1, j, 0.0
@@ -300,13 +319,16 @@ def _unique_by_real_path(files: FileTable, real: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _grouping_rule(cfg: ShardJobConfig, target_seconds: float) -> dict:
+def _grouping_rule(
+    cfg: ShardJobConfig, target_seconds: float, rates: dict[str, float], calibration: dict
+) -> dict:
     return {
         "rule": "files in order, greedily grouped while estimated audio seconds <= target_seconds "
         "(a file larger than the target gets its own shard); train and val grouped separately",
         "estimate": "file bytes / input_bytes_per_second[extension]",
-        "input_bytes_per_second": INPUT_BYTES_PER_SECOND,
+        "input_bytes_per_second": rates,
         "default_input_bytes_per_second": DEFAULT_INPUT_BYTES_PER_SECOND,
+        "calibration": calibration,
         "output_bytes_per_second": output_bytes_per_second(cfg),
         "target_bytes": cfg.shard_size_mb * MB,
         "target_seconds": target_seconds,

@@ -104,11 +104,11 @@ def test_val_split_holds_out_whole_files_by_hash(tmp_path: Path, seed: int):
 def test_grouping_respects_target(tmp_path: Path):
     _tree(tmp_path, n=60)
     plan = build_plan(_cfg([str(tmp_path)], val_fraction=0.0))
-    target = plan.grouping["target_seconds"]
+    target, rates = plan.grouping["target_seconds"], plan.grouping["input_bytes_per_second"]
     assert len(plan.shards) > 3
     for shard in plan.shards:
         est = [
-            estimate_seconds(plan.files.uri(int(i)), plan.files.size(int(i)))
+            estimate_seconds(plan.files.uri(int(i)), plan.files.size(int(i)), rates)
             for i in plan.order[shard.start : shard.stop]
         ]
         assert sum(est) <= target or len(est) == 1
@@ -180,7 +180,10 @@ def _plan_peak(tmp_path: Path, n: int, *, traced: bool = True) -> int:
     if traced:
         tracemalloc.start()
     try:
-        plan = build_plan(_cfg([str(tmp_path / f"big{n}.csv")], shard_size_mb=256.0))
+        # No calibration: these objects do not exist (it would only try 8 and keep the table).
+        plan = build_plan(
+            _cfg([str(tmp_path / f"big{n}.csv")], shard_size_mb=256.0, calibration_files=0)
+        )
         peak = tracemalloc.get_traced_memory()[1] if traced else 0
     finally:
         tracemalloc.stop()
