@@ -201,5 +201,7 @@ def test_driver_memory_per_file_is_small(tmp_path: Path):
         tmp_path, 12_000, traced=False
     )  # one-time allocations (caches, imports) out of the way
     small, large = 2_000, 8_000
-    per_file = (_plan_peak(tmp_path, large) - _plan_peak(tmp_path, small)) / (large - small)
+    # Best of two per size: a one-off allocation spike elsewhere must not decide the verdict.
+    peak = {n: min(_plan_peak(tmp_path, n) for _ in range(2)) for n in (small, large)}
+    per_file = (peak[large] - peak[small]) / (large - small)
     assert 0 < per_file <= 300, f"{per_file:.0f} bytes per file"
