@@ -2,7 +2,8 @@
 
 Reads a shard set through its `manifest.json` (local folder or `s3://` prefix, via
 `musicoder.storage.open_read`, never a shell pipe) with `musicoder.samples`' sequential tar
-reader, and turns it into masked `Batch` objects inside DataLoader workers.
+reader, and turns it into `Batch` objects with their masks drawn (applied later, on the
+training device, by `model_input`) inside DataLoader workers.
 
 Every rank yields exactly the same number of batches per epoch: `musicoder.shardset.plan_epoch`
 gives each (rank, worker) slot its shards and a batch quota; a slot that runs dry re-draws from
@@ -158,7 +159,7 @@ def _identity(item):
 
 
 class ShardStream(IterableDataset):
-    """Masked batches for one rank; iterate once per epoch after `set_epoch`.
+    """Batches with drawn masks for one rank; iterate once per epoch after `set_epoch`.
 
     Yields `(Batch, BatchInfo)` pairs, exactly `batches_per_epoch` per rank per epoch.
     """

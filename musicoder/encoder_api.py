@@ -26,6 +26,7 @@ from musicoder.model import MusiCoderConfig, MusiCoderEncoder, load_encoder_weig
 log = logging.getLogger(__name__)
 
 STD_FLOOR = 1e-5  # constant channels in the corpus stats would otherwise divide by ~0
+VAR_FLOOR = 1e-12  # pooled variances are clamped here before the square root
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -106,7 +107,9 @@ def pool_layers(
     if check_pooling(pooling) == "mean":
         return mean
     var = ((stacked - mean[:, :, None]).square() * weights).sum(dim=2) / count
-    return torch.cat([mean, var.sqrt()], dim=-1)
+    # Clamped: a one-frame chunk has variance 0, where sqrt's gradient is infinite (NaN when
+    # fine-tuning); clamp passes no gradient there.
+    return torch.cat([mean, var.clamp(min=VAR_FLOOR).sqrt()], dim=-1)
 
 
 def pool_track(
@@ -135,7 +138,7 @@ def pool_track(
     mean, std = chunks[:, :hidden], chunks[:, hidden:]
     total_mean = (mean * share).sum(0)
     total_var = ((std.square() + (mean - total_mean).square()) * share).sum(0)
-    return torch.cat([total_mean, total_var.sqrt()])
+    return torch.cat([total_mean, total_var.clamp(min=VAR_FLOOR).sqrt()])
 
 
 class Encoder:
@@ -318,7 +321,8 @@ def load_encoder(path: str, *, device: str | torch.device = "auto") -> Encoder:
         device: `auto` (CUDA when available), `cpu`, `cuda`, ...
 
     Returns:
-        An `Encoder`; `.embed(waveform)` gives a `[H]` vector, `.model` is the `nn.Module`.
+        An `Encoder`; `.embed(waveform)` gives a `[2H]` vector (mean and std over time; `[H]`
+        with `pooling="mean"`), `.model` is the `nn.Module`.
 
     Raises:
         FileNotFoundError: No export at `path`.

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BLOCK = 512  # tar block size
 USTAR_MAGIC = b"ustar\x0000"  # POSIX ustar magic + version, as Python's tarfile writes it
+MAX_MEMBER_BYTES = 1 << 30  # a larger size field is corrupt or hostile: refused before allocation
 FEATURE_SUFFIX = "feat.npy"
 META_SUFFIX = "json"
 NPY_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
@@ -78,9 +79,10 @@ def parse_header(header: bytes | bytearray) -> tuple[str, int, bytes]:
     """`(name, size, type)` of a 512-byte tar header.
 
     A POSIX ustar header of a regular file with an octal size and the right checksum (what
-    shard writers produce) is parsed here, ~4x faster than `tarfile.TarInfo.frombuf`; every
-    other header (GNU, pax, links, base-256 sizes, bad checksums, the zero end block) goes to
-    `frombuf`, which also raises its errors.
+    shard writers produce) is parsed here, ~4x faster than `tarfile.TarInfo.frombuf`, reading
+    only name, prefix, size and type (mode, owner and times are not validated: nothing uses
+    them); every other header (GNU, pax, links, base-256 sizes, bad checksums, the zero end
+    block) goes to `frombuf`, which also raises its errors.
 
     Raises:
         tarfile.TarError: see `tarfile.TarInfo.frombuf` (`EOFHeaderError` at a zero block).
@@ -105,7 +107,8 @@ def iter_members(
     into `alloc(size)` (a new zeroed `bytearray`, or a recycled one from a `BufferPool`).
 
     Raises:
-        tarfile.TarError: bad header checksum, truncated header or payload.
+        tarfile.TarError: bad header checksum, truncated header or payload, or a member size
+            over `MAX_MEMBER_BYTES`.
     """
     header, pad = bytearray(BLOCK), bytearray(BLOCK)
     pax: dict[str, str] = {}
@@ -121,6 +124,8 @@ def iter_members(
         except tarfile.EOFHeaderError:  # a zero block: end of archive
             return
         size = int(pax.pop("size", size))
+        if not 0 <= size <= MAX_MEMBER_BYTES:
+            raise tarfile.ReadError(f"{name}: member size {size} outside 0..{MAX_MEMBER_BYTES}")
         data, skip = alloc(size), -size % BLOCK  # payloads are padded to whole blocks
         if _read_into(f, data) < size or _read_into(f, memoryview(pad)[:skip]) < skip:
             raise tarfile.ReadError(f"{name}: truncated tar member")

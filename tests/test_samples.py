@@ -12,6 +12,7 @@ import pytest
 
 from musicoder.samples import (
     BLOCK,
+    MAX_MEMBER_BYTES,
     BufferPool,
     ShardFormatError,
     all_finite,
@@ -177,3 +178,14 @@ def test_all_finite(dtype):
         y = x.copy()
         y[37, 3] = bad
         assert not all_finite(y)
+
+
+def test_member_size_over_the_limit_is_refused_before_allocation():
+    """A corrupt or hostile size field must not allocate (or MemoryError) the loader away."""
+    info = tarfile.TarInfo("x.feat.npy")
+    info.size = MAX_MEMBER_BYTES + 1
+    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    asked = []
+    with pytest.raises(tarfile.ReadError, match="member size"):
+        list(iter_members(io.BytesIO(bytes(header)), alloc=lambda n: asked.append(n)))
+    assert asked == []

@@ -118,8 +118,10 @@ def run(cfg: ShardJobConfig, *, dry_run: bool = False, progress: bool = True) ->
     output = normalize_uri(cfg.output)
     previous = _previous_plan(output)
     plan = build_plan(cfg, reuse=previous.get("grouping"))
-    if previous and plan.fingerprint != previous.get("fingerprint"):
-        plan = build_plan(cfg)  # inputs or config changed: measure the rates afresh
+    if previous and plan.fingerprint != previous.get("fingerprint") and (cfg.overwrite or dry_run):
+        # Inputs or config changed and the plan will be used: measure the rates afresh (without
+        # --overwrite the output is refused below, so the inputs are not listed twice).
+        plan = build_plan(cfg)
     if dry_run:
         return RunResult("dry_run", EXIT_OK, describe_plan(plan, output))
     names = _names_in(output)

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from array import array
 from dataclasses import dataclass
 
@@ -221,8 +222,8 @@ def build_plan(cfg: ShardJobConfig, *, reuse: dict | None = None) -> ShardPlan:
     is_val = np.frombuffer(bytes(val), dtype=np.bool_)[ids] if len(ids) else np.zeros(0, bool)
     target = cfg.shard_size_mb * MB / output_bytes_per_second(cfg)
     order = np.concatenate([ids[~is_val], ids[is_val]]).astype(np.int64)
-    if reuse and isinstance(reuse.get("input_bytes_per_second"), dict):
-        rates = {k: float(v) for k, v in reuse["input_bytes_per_second"].items()}
+    rates = _reusable_rates(reuse)
+    if rates is not None:
         calibration = reuse.get("calibration") or {}
     else:
         rates, calibration = calibrate_rates(
@@ -317,6 +318,19 @@ def _unique_by_real_path(files: FileTable, real: np.ndarray) -> np.ndarray:
             best = min(ids, key=files.uri)
             keep[[i for i in ids if i != best]] = False
     return keep
+
+
+def _reusable_rates(reuse: dict | None) -> dict[str, float] | None:
+    """The rates of an earlier plan's ``grouping``, or None if absent or not all positive numbers
+    (a hand-edited ``plan.json``): then the plan calibrates afresh."""
+    rates = (reuse or {}).get("input_bytes_per_second")
+    if not isinstance(rates, dict) or not rates:
+        return None
+    try:
+        out = {str(k): float(v) for k, v in rates.items()}
+    except (TypeError, ValueError):
+        return None
+    return out if all(math.isfinite(v) and v > 0 for v in out.values()) else None
 
 
 def _grouping_rule(

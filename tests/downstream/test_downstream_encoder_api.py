@@ -94,3 +94,14 @@ def test_import_musicoder_stays_light():
         "assert callable(musicoder.load_encoder) and 'torch' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_meanstd_pooling_of_a_one_frame_chunk_has_finite_gradients(tiny_export):
+    """A one-frame chunk has variance 0; fine-tuning backpropagates through its std."""
+    encoder = musicoder.load_encoder(str(tiny_export), device="cpu")
+    model = encoder.model.train()
+    pooled = pool_layers(model, *pad_chunks([torch.randn(1, 324), torch.randn(6, 324)]))
+    assert torch.isfinite(pooled).all() and (pooled[0, :, encoder.hidden :] < 1e-5).all()
+    pooled.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -182,3 +182,10 @@ def test_resume_reuses_the_measured_rates(mono_corpus: Path, tmp_path: Path):
     assert resumed.grouping["input_bytes_per_second"] == first.grouping["input_bytes_per_second"]
     fresh = build_plan(_cfg(corpus))  # measuring again falls back to the table for FLAC
     assert fresh.fingerprint != first.fingerprint
+
+
+@pytest.mark.parametrize("rates", [{".wav": "fast"}, {".wav": 0}, {}, None])
+def test_unusable_earlier_rates_are_measured_again(mono_corpus: Path, rates):
+    fresh = build_plan(_cfg(mono_corpus))
+    reused = build_plan(_cfg(mono_corpus), reuse={"input_bytes_per_second": rates})
+    assert reused.fingerprint == fresh.fingerprint
