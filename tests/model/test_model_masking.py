@@ -268,3 +268,45 @@ def test_batch_checks_frame_source():
         "cpu", torch.bfloat16
     )
     assert moved.frame_source.dtype == torch.long and moved.features.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_cfm_span_placement_is_uniform(holes):
+    # Spans of exactly 2 and budget 4 of 10 valid frames: always 2 spans, placed among the
+    # C(7, 2) = 21 arrangements that keep a free frame between them, all equally likely.
+    clips, t = 21 * 400, 20 if holes else 10
+    valid = torch.zeros(clips, t, dtype=torch.bool)
+    valid[:, slice(1, None, 2) if holes else slice(0, 10)] = True  # holes: odd frames only
+    batch = Batch(features=torch.zeros(clips, t, 1), valid=valid)
+    cfg = MaskingConfig(cfm_fraction=0.4, span_min=2, span_max=2, enable_ccm=False)
+    cfm = draw_masks(batch, cfg, torch.Generator().manual_seed(5)).cfm
+    assert not (cfm & ~valid).any()
+    pattern = cfm[valid].reshape(clips, 10).numpy()
+    starts = [tuple(s for s, _ in runs(row)) for row in pattern]
+    assert all(len(s) == 2 and s[1] - s[0] >= 3 for s in starts)  # 2 spans, never touching
+    _, counts = np.unique(starts, axis=0, return_counts=True)
+    assert len(counts) == 21
+    assert stats.chisquare(counts).pvalue > P_MIN
+
+
+def test_cfm_dense_spans_take_the_only_arrangement():
+    # 3 spans of 2 in 8 frames fit only as 11.11.11; each clip must find all 3 free positions,
+    # which often takes more draws than the first round gives.
+    batch = make_batch([8] * 200, t=8)
+    cfg = MaskingConfig(cfm_fraction=0.75, span_min=2, span_max=2)
+    for seed in range(5):
+        cfm = draw_masks(batch, cfg, torch.Generator().manual_seed(seed)).cfm
+        assert torch.equal(cfm, torch.tensor([[1, 1, 0, 1, 1, 0, 1, 1]] * 200, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_masks_on_cuda_are_drawn_there():
+    batch = make_batch([64, 40, 10], t=64, c=324).to("cuda")
+    cfg = MaskingConfig()
+    drawn = draw_masks(batch, cfg, torch.Generator("cuda").manual_seed(7))
+    applied = apply_masking(batch, cfg, torch.Generator("cuda").manual_seed(7))
+    for name in ("cfm", "ccm", "frame_source"):
+        assert getattr(drawn, name).device.type == "cuda"
+        assert torch.equal(getattr(drawn, name), getattr(applied, name))
+    assert torch.equal(model_input(drawn), applied.masked_input)
