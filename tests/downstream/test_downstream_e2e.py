@@ -11,9 +11,9 @@ pre-training helped; "worst" = after dropping the most favourable test track):
 
 | pre-training seed | genre log-loss margin (worst) | tagging ROC-AUC margin (worst) |
 |---|---|---|
-| 0 (this test)     | +0.096 (+0.058)               | -0.000 (-0.008)                |
-| 1                 | +0.151 (+0.104)               | +0.005 (-0.004)                |
-| 2                 | +0.056 (+0.025)               | +0.015 (+0.008)                |
+| 0 (this test)     | +0.088 (+0.040)               | +0.002 (-0.004)                |
+| 1                 | +0.167 (+0.112)               | +0.013 (+0.005)                |
+| 2                 | +0.135 (+0.089)               | +0.006 (-0.002)                |
 
 Tagging gains little at this scale (instrument presence is a first-order input statistic); the
 test asks for either margin to hold after the worst single-track drop, as the issue states.
