@@ -16,13 +16,13 @@ done and up to date. Exit 0 after the summary; 1 when a stage fails (the message
 stage, after the last lines of its output); 2 for bad arguments.
 """
 
-import argparse
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from musicoder.cli import fail, make_parser
 from musicoder.config import ConfigError, add_config_arguments, config_from_args
 from musicoder.demo import DemoConfig, DemoStageError, format_summary, run_demo
 
@@ -36,11 +36,7 @@ FLAGS = {  # flag -> (config key, type, help)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser(__doc__)
     add_config_arguments(parser)
     for flag, (key, kind, text) in FLAGS.items():
         parser.add_argument(flag, dest=key, type=kind, help=text)
@@ -51,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             DemoConfig, args, {key: getattr(args, key) for key, *_ in FLAGS.values()}
         )
     except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        fail(parser, exc)
     try:
         state = run_demo(cfg)
     except DemoStageError as exc:

@@ -1,4 +1,4 @@
-"""Write one embedding per track for a folder, an s3:// prefix or a shard set (DESIGN §8, §11).
+r"""Write one embedding per track for a folder, an s3:// prefix or a shard set (DESIGN §8, §11).
 
 Commands:
     python launch/embed.py --encoder shards/demo/encoder --input shards/demo/corpus \
@@ -15,19 +15,19 @@ OUTPUT/rejects.jsonl. `--set pooling=mean` keeps the mean only (N x hidden); `--
 pools the input embedding instead of the last layer; `--set device=cuda` runs on a GPU.
 """
 
-import argparse
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from musicoder.cli import fail, make_parser
 from musicoder.config import ConfigError, add_config_arguments, config_from_args
 from musicoder.downstream import EmbedConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     add_config_arguments(parser)
     parser.add_argument(
         "--encoder", help="export dir, or a .safetensors path with config.json beside it"
@@ -43,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
             EmbedConfig, args, {"encoder": args.encoder, "input": args.input, "output": args.output}
         )
     except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        fail(parser, exc)
 
     from musicoder.downstream import embed_inputs
 
     try:
         summary = embed_inputs(cfg)
     except (FileNotFoundError, ValueError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+        fail(parser, exc)
     print(
         f"embedded {summary['embedded']} {summary['kind']} items ({summary['rejected']} rejected), "
         f"dim {summary['dim']}, to {summary['output']}"

@@ -9,16 +9,17 @@ for every ZeRO stage (DeepSpeed's consolidated fp32 weights). Writes
 OUT_DIR/encoder.safetensors and OUT_DIR/config.json (model config, preset, normalization stats).
 """
 
-import argparse
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from musicoder.cli import fail, make_parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("checkpoint_dir", help="run dir, its checkpoints/ dir, or one tag dir")
     parser.add_argument("out_dir", help="output folder (local path or s3:// prefix)")
     args = parser.parse_args(argv)
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tag = export_encoder(args.checkpoint_dir, args.out_dir)
     except (FileNotFoundError, ValueError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+        fail(parser, exc)
     print(f"exported {tag} to {args.out_dir}")
     return 0
 

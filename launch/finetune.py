@@ -1,4 +1,4 @@
-"""Probe or fine-tune an exported encoder on a genre or tagging task (DESIGN §8, §11).
+r"""Probe or fine-tune an exported encoder on a genre or tagging task (DESIGN §8, §11).
 
 Commands:
     # linear probe on the demo corpus (after `make demo`), with both baselines
@@ -18,20 +18,20 @@ Writes OUTPUT/metrics.json (also printed as a table), predictions.csv, skipped.c
 and TensorBoard events under OUTPUT/tensorboard/. Features are cached in `cache_dir`.
 """
 
-import argparse
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from musicoder.cli import fail, make_parser
 from musicoder.config import ConfigError, add_config_arguments, config_from_args
 from musicoder.downstream import FinetuneConfig
 from musicoder.downstream.config import task_flags
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     add_config_arguments(parser)
     parser.add_argument("--encoder", help="export dir, or .safetensors with config.json beside")
     parser.add_argument("--task", help="task YAML (configs/tasks/*.yaml); fills the task.* keys")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(FinetuneConfig, args, {**flags, **task_flags(args.task)})
     except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        fail(parser, exc)
 
     from musicoder.downstream import run
     from musicoder.downstream.metrics import format_table
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = run(cfg)
     except (FileNotFoundError, ValueError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+        fail(parser, exc)
     print(f"task {metrics['task']} ({metrics['kind']}, {metrics['mode']}): {metrics['tracks']}")
     print(format_table({"pretrained": metrics["test"], **metrics["baselines"]}))
     print(f"wrote {cfg.output}/metrics.json")

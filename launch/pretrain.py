@@ -1,4 +1,4 @@
-"""Pre-train MusiCoder with DeepSpeed (DESIGN §7). Thin CLI around `musicoder.train.run`.
+r"""Pre-train MusiCoder with DeepSpeed (DESIGN §7). Thin CLI around `musicoder.train.run`.
 
 Commands:
     # one process (CPU or one GPU), no launcher needed
@@ -26,11 +26,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from musicoder.cli import fail, make_parser
 from musicoder.config import ConfigError, add_config_arguments, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     add_config_arguments(parser)
     parser.add_argument(
         "--deepspeed",
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             flags={"data.manifest": args.manifest, "train.output_dir": args.output_dir},
         )
     except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        fail(parser, exc)
     default_single_process_env()
     state = run(cfg, deepspeed_config=args.deepspeed, resume=args.resume)
     logging.getLogger("pretrain").info(

@@ -17,13 +17,13 @@ is left alone. Exit 0 with a summary line; 1 if shards failed (re-run to retry t
 arguments or an output holding a different plan (--overwrite); 3 for too many rejects.
 """
 
-import argparse
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from musicoder.cli import fail, make_parser
 from musicoder.config import ConfigError, add_config_arguments, config_from_args
 from musicoder.sharding import ShardJobConfig, run
 
@@ -52,11 +52,7 @@ CONFIG_FLAGS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser(__doc__)
     add_config_arguments(parser)
     for flag, spec in CONFIG_FLAGS.items():
         parser.add_argument(flag, **spec)
@@ -69,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(ShardJobConfig, args, flags)
         result = run(cfg, dry_run=args.dry_run, progress=not args.no_progress)
     except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+        fail(parser, exc)
     print(result.summary, flush=True)
     return result.exit_code
 
