@@ -1,25 +1,23 @@
 """Decode any common audio file to mono float32 at a target rate, streaming and defensively.
 
-The sharder feeds whole corpora of user music through this module, so it must survive anything:
-truncated downloads, files that lie about their length, non-audio named ``.mp3``, digital
-silence, odd rates and channel counts. Every file is decoded block by block with libsndfile
-(``soundfile``: wav, flac, ogg/vorbis, mp3, ...), downmixed to mono by the channel mean and
-resampled with a stateful ``soxr.ResampleStream``. ``load_audio`` and ``iter_segments`` share
-that one block pipeline, so a track cut into segments is sample for sample the track loaded
-whole, and the streamed resampler equals soxr's one-shot output (no seams at block edges).
+Whole corpora of user music go through here, so it must survive anything: truncated downloads,
+lying headers, non-audio named ``.mp3``, silence, odd rates and channel counts. Every file is
+decoded block by block with libsndfile (``soundfile``: wav, flac, ogg/vorbis/opus, mp3, aiff,
+...), downmixed to mono by the channel mean, resampled with a stateful ``soxr.ResampleStream``.
+``load_audio`` and ``iter_segments`` share that pipeline: segments of a track are sample for sample
+the track loaded whole, and the stream equals soxr's one-shot output (no seams at block edges).
 
 Rules (DESIGN §4), each a subclass of :class:`AudioError` whose ``str`` is ``"<uri>: <reason>"``:
 
-* unreadable / not audio / a decoder failure before the first sample -> ``UnreadableAudioError``
-* native rate outside 8-192 kHz -> ``SampleRateError``; 0 decoded frames -> ``EmptyAudioError``
+* unreadable / not audio / a decoder failure before the first sample -> ``UnreadableAudioError``;
+  native rate outside 8-192 kHz -> ``SampleRateError``; 0 decoded frames -> ``EmptyAudioError``
 * fewer than ``min_seconds`` decoded -> ``TooShortError``; peak below 1e-4 -> ``SilentAudioError``
 
 Durations come from decoded frames, never from headers. A file that breaks part-way (libsndfile
 raises, stops short of the length its header claims, or logs a truncated data chunk or ogg
 stream) keeps its decoded prefix if that prefix passes the rules, with ``AudioInfo.truncated``.
-Non-finite samples (NaN/inf in float files) are treated as corruption: decoding stops at the
-first one, as for any part-way failure. Finite samples beyond full scale are clipped to [-1, 1]
-so that features and dataset statistics stay finite.
+Non-finite samples (NaN/inf in float files) are corruption: decoding stops at the first one.
+Finite samples beyond full scale are clipped to [-1, 1], so features and statistics stay finite.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ from musicoder import storage
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 22050
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 MIN_NATIVE_RATE = 8_000
 MAX_NATIVE_RATE = 192_000
 MAX_CHANNELS = 1024  # libsndfile's own limit; also bounds the per-block buffer below

@@ -66,6 +66,30 @@ def test_decodes_length_and_content(tmp_path, name, native, channels, subtype):
         assert np.abs(got - ref).max() < 2e-3
 
 
+# (format, subtype) to write each listed extension; a new extension needs a row here.
+FORMAT_OF_EXTENSION = {
+    ".wav": ("WAV", None),
+    ".flac": ("FLAC", None),
+    ".ogg": ("OGG", None),
+    ".oga": ("OGG", None),
+    ".opus": ("OGG", "OPUS"),
+    ".mp3": ("MP3", None),
+    ".aiff": ("AIFF", "PCM_16"),
+    ".aif": ("AIFF", "PCM_16"),
+    ".au": ("AU", "PCM_16"),
+}
+
+
+@pytest.mark.parametrize("ext", audio.AUDIO_EXTENSIONS)
+def test_every_listed_extension_decodes(tmp_path, ext):
+    """Every path lists files by AUDIO_EXTENSIONS (.opus was once listed by some, not others)."""
+    fmt, subtype = FORMAT_OF_EXTENSION[ext]
+    path = write_tone(tmp_path / f"t{ext}", 3.0, 48000, channels=2, format=fmt, subtype=subtype)
+    x, info = audio.load_audio_with_info(str(path))
+    assert (info.native_rate, info.channels, info.truncated) == (48000, 2, False)
+    assert abs(info.seconds - 3.0) < 0.1 and torch.isfinite(x).all() and x.abs().max() > 0.1
+
+
 def test_other_target_rate(tmp_path):
     path = write_tone(tmp_path / "a.flac", 3.0, 44100, noise=0)
     x = audio.load_audio(str(path), sample_rate=16000)

@@ -57,7 +57,8 @@ def embed_inputs(cfg: EmbedConfig) -> dict:
         Summary: `{"input", "kind", "embedded", "rejected", "dim", "output"}`.
 
     Raises:
-        ValueError: Empty encoder/input, or a shard set made with another feature preset.
+        ValueError: Empty encoder/input, an input file that is not audio, or a shard set made
+            with another feature preset.
         FileNotFoundError: The input does not exist or holds no audio.
     """
     if not cfg.encoder or not cfg.input:
@@ -115,6 +116,10 @@ def _manifest_uri(path: str) -> str | None:
 def _audio_uris(path: str, rejects: list[Skip]) -> list[str]:
     if path.lower().endswith(AUDIO_EXTENSIONS) and storage.exists(path):
         return [path]
+    if storage.is_local(path) and storage.local_path(path).is_file():  # listing would crash
+        raise ValueError(
+            f"{path}: not a folder, a shard set or an audio file ({', '.join(AUDIO_EXTENSIONS)})"
+        )
     uris = []
     for info in storage.list_objects(path, extensions=AUDIO_EXTENSIONS):
         if info.size <= 0:

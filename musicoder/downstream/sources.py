@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from musicoder import storage
+from musicoder.audio import AUDIO_EXTENSIONS
 from musicoder.downstream.config import GENRE, SPLITS, TaskConfig
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".au", ".aiff", ".aif")
 MTT_SPLIT_BY_DIR = {
     **dict.fromkeys("0123456789ab", "train"),
     "c": "valid",

@@ -72,11 +72,17 @@ def load_task(cfg: TaskConfig) -> TaskData:
 
     Raises:
         FileNotFoundError: `cfg.path` (or a split file) does not exist.
-        ValueError: A malformed header, or no train or test tracks remain.
+        ValueError: A malformed header, a file where a folder is due (or the reverse), or no
+            train or test tracks remain.
     """
     if not cfg.path:
         raise ValueError(f"task {cfg.name}: 'path' is empty")
-    rows, skipped, listed = PARSERS[cfg.source](cfg)
+    try:
+        rows, skipped, listed = PARSERS[cfg.source](cfg)
+    except (IsADirectoryError, NotADirectoryError) as err:  # a folder for a file or vice versa
+        why = (err.strerror or str(err)).lower()
+        where = err.filename or cfg.path
+        raise ValueError(f"{where}: {why} (task {cfg.name}, source {cfg.source})") from None
     if not listed:
         rows = _existing(rows, skipped)
     rows = _dedupe(rows, skipped)

@@ -42,6 +42,7 @@ def iter_input(spec: str) -> Iterator[tuple[str, int]]:
 
     Raises:
         FileNotFoundError: the input itself does not exist.
+        ValueError: the input is a local file of neither an audio nor a list extension.
     """
     uri = normalize_uri(spec)
     ext = suffix(uri)
@@ -52,6 +53,11 @@ def iter_input(spec: str) -> Iterator[tuple[str, int]]:
         if size < 0 and not storage.is_local(uri):
             raise FileNotFoundError(f"{spec}: input not found")
         yield uri, size
+    elif storage.is_local(uri) and os.path.isfile(uri):  # else listing it says "Not a directory"
+        raise ValueError(
+            f"{spec}: not a folder, a list ({', '.join(LIST_SUFFIXES)}) or an audio file "
+            f"({', '.join(AUDIO_EXTENSIONS)})"
+        )
     else:
         for info in storage.list_objects(uri, extensions=AUDIO_EXTENSIONS, recursive=True):
             yield info.uri, info.size

@@ -107,6 +107,20 @@ def test_shard_set_with_another_preset_is_refused(tmp_path, tiny_export):
         )
 
 
+def test_single_non_audio_file_is_refused(tmp_path, tiny_export):
+    """Regression: an input file of another extension (.m4a) crashed while being listed."""
+    (tmp_path / "song.m4a").write_bytes(b"x" * 100)
+    with pytest.raises(ValueError, match=r"song\.m4a: not a folder, a shard set or an audio file"):
+        embed_inputs(
+            EmbedConfig(
+                encoder=str(tiny_export),
+                input=str(tmp_path / "song.m4a"),
+                output=str(tmp_path / "out"),
+                device="cpu",
+            )
+        )
+
+
 @pytest.mark.integration
 def test_s3_prefix(s3_env, tmp_path, tiny_export):
     for i, hz in enumerate((300, 800)):

@@ -107,6 +107,16 @@ def test_csv_structural_errors_name_the_file(tmp_path):
         load_task(TaskConfig(path=str(tmp_path / "labels.csv")))
 
 
+def test_wrong_kind_of_path_is_a_one_line_error(tmp_path):
+    """Regression: a gtzan path that is a file, or a CSV path that is a folder, crashed with a
+    raw NotADirectoryError / IsADirectoryError traceback instead of the CLI's one-line error."""
+    touch(tmp_path, "song.wav")
+    with pytest.raises(ValueError, match=r"song\.wav: not a directory \(task t, source gtzan\)"):
+        load_task(TaskConfig(name="t", source="gtzan", path=str(tmp_path / "song.wav")))
+    with pytest.raises(ValueError, match=r": is a directory \(task t, source csv\)"):
+        load_task(TaskConfig(name="t", path=str(tmp_path)))
+
+
 def test_missing_valid_split_is_carved_from_train(tmp_path):
     touch(tmp_path, *(f"{g}{i}.wav" for g in "ab" for i in range(10)))
     rows = [f"{g}{i}.wav,{'test' if i == 9 else 'train'},{g}" for g in "ab" for i in range(10)]

@@ -171,6 +171,18 @@ def test_single_file_and_missing_inputs(tmp_path: Path):
         build_plan(_cfg([str(tmp_path / "empty")]))
 
 
+def test_every_decodable_extension_is_listed_and_other_files_refused(tmp_path: Path):
+    """Regression: .opus/.aiff/.au were listed by embed and tasks but silently skipped here, and
+    a single input file of another extension failed with a bare 'Not a directory'."""
+    names = ["a.opus", "b.AIFF", "c.aif", "d.au", "e.oga", "f.Flac"]
+    touched = [tmp_path / n for n in names + ["cover.jpg", "song.m4a"]]
+    for path in touched:
+        path.write_bytes(b"x" * 100)
+    assert [uri for uri, _ in iter_input(str(tmp_path))] == [str(tmp_path / n) for n in names]
+    with pytest.raises(ValueError, match=r"song\.m4a: not a folder, a list"):
+        list(iter_input(str(tmp_path / "song.m4a")))
+
+
 def _plan_peak(tmp_path: Path, n: int, *, traced: bool = True) -> int:
     lines = "".join(
         f"s3://corpus-bucket/collection/artist{i % 997:03d}/track-{i:07d}.mp3,{4_000_000 + i}\n"
