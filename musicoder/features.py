@@ -17,7 +17,6 @@ global state except a cache of kernels per (config, device).
 import dataclasses
 import functools
 import logging
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,18 +25,24 @@ import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
+from musicoder.filters import (
+    DECIMATE_BLOCK,
+    DECIMATE_HALF_TAPS,
+    chroma_filterbank,
+    cqt_kernels,
+    cqt_plan,
+    halfband,
+)
+
+__all__ = ["chroma_filterbank"]  # re-exported: part of this module's API
+
 log = logging.getLogger(__name__)
 
 MUSICODER324 = "musicoder324"
 LOGMEL128 = "logmel128"
 PRESET_BLOCKS = {MUSICODER324: ("chroma", "mfcc", "delta", "mel", "cqt"), LOGMEL128: ("mel",)}
 C1_HZ = 32.70319566257483
-A4_HZ = 440.0
 DB_AMIN = 1e-10  # librosa.power_to_db floor (power)
-HANN_BANDWIDTH = 1.50018310546875  # librosa.filters.window_bandwidth("hann")
-DECIMATE_HALF_TAPS = 12  # 25-tap half-band: flat (-0.01 dB) to 0.3, <= -85 dB above 0.78 x Nyquist
-DECIMATE_BLOCK = 32  # output samples per row of the decimation matrix product
-KAISER_BETA = 8.0
 MEL_GROUP = 16  # mel bands per block of the block-sparse mel product
 STFT_CHUNK_CPU = 256  # STFT frames per step on a CPU: 2 MiB of frames stay in cache
 STFT_CHUNK_GPU = 1 << 16  # on a GPU: bounds memory only (0.5 GiB of frames)
@@ -103,7 +108,7 @@ class FeatureConfig:
         if self.delta_width < 3 or self.delta_width % 2 == 0:
             raise ValueError(f"feature.delta_width: must be odd and >= 3, got {self.delta_width}")
         if "cqt" in PRESET_BLOCKS[self.preset]:
-            plan = _cqt_plan(self)
+            plan = cqt_plan(self)
             if plan.cutoff_hz >= self.sample_rate / 2:
                 raise ValueError(
                     f"feature.cqt_bins: top CQT bin reaches {plan.cutoff_hz:.0f} Hz, "
@@ -115,28 +120,6 @@ class FeatureConfig:
                     f"feature.hop_length: {self.hop_length} must be divisible by "
                     f"2**{halvings} for a {plan.octaves}-octave CQT"
                 )
-
-
-@dataclass(frozen=True)
-class _CqtPlan:  # librosa's octave-wise CQT layout
-    octaves: int  # octaves spanned (the lowest may be partial)
-    early: int  # halvings before the top octave (its filters need no more bandwidth)
-    freqs: np.ndarray  # (bins_per_octave,) top-octave centre frequencies in Hz
-    q: float  # quality factor: filter length = q * rate / frequency
-    cutoff_hz: float  # highest frequency any filter reaches
-
-
-def _cqt_plan(cfg: FeatureConfig) -> _CqtPlan:
-    """Octave layout of librosa's ``vqt`` (gamma 0, hann, filter_scale 1) for ``cfg``."""
-    bpo = cfg.cqt_bins_per_octave
-    octaves = math.ceil(cfg.cqt_bins / bpo)
-    top = cfg.cqt_fmin * 2.0 ** ((cfg.cqt_bins - bpo + np.arange(bpo)) / bpo)
-    ratio = 2.0 ** (2 / bpo)
-    q = (ratio + 1) / (ratio - 1)  # 1 / librosa's relative bandwidth alpha
-    cutoff = float(top[-1] * (1 + 0.5 * HANN_BANDWIDTH / q))
-    by_bandwidth = max(0, math.ceil(math.log2(cfg.sample_rate / 2 / cutoff)) - 2)
-    twos = (cfg.hop_length & -cfg.hop_length).bit_length() - 1
-    return _CqtPlan(octaves, min(by_bandwidth, max(0, twos - octaves + 1)), top, q, cutoff)
 
 
 def preset_config(preset: str | FeatureConfig) -> FeatureConfig:
@@ -177,62 +160,6 @@ def num_frames(num_samples: int, preset: str | FeatureConfig = MUSICODER324) -> 
     return 1 + num_samples // preset_config(preset).hop_length
 
 
-def chroma_filterbank(cfg: FeatureConfig) -> np.ndarray:
-    """``librosa.filters.chroma`` (tuning 0, ctroct 5, octwidth 2, L2, base C): (chroma, freqs)."""
-    n, n_fft = cfg.n_chroma, cfg.n_fft
-    hz = np.linspace(0, cfg.sample_rate, n_fft, endpoint=False)[1:]
-    bins = n * np.log2(hz / (A4_HZ / 16))
-    bins = np.concatenate(([bins[0] - 1.5 * n], bins))  # DC: 1.5 octaves below the first bin
-    width = np.concatenate((np.maximum(np.diff(bins), 1.0), [1.0]))
-    half = np.round(n / 2)
-    dist = np.remainder(bins[None, :] - np.arange(n)[:, None] + half + 10 * n, n) - half
-    weights = np.exp(-0.5 * (2 * dist / width) ** 2)
-    weights /= np.linalg.norm(weights, axis=0, keepdims=True)
-    weights *= np.exp(-0.5 * ((bins / n - 5.0) / 2.0) ** 2)  # favour octaves around C5
-    return np.roll(weights, -3 * (n // 12), axis=0)[:, : n_fft // 2 + 1]
-
-
-def _cqt_kernels(cfg: FeatureConfig, plan: _CqtPlan) -> tuple[np.ndarray, np.ndarray]:
-    """Top-octave kernels ``(W, 2 * bpo)`` (real parts, then imaginary; centre at ``W // 2``)
-    at the top octave's rate, and per-bin scales ``(cqt_bins,)``. A kernel is a Hann-windowed
-    complex exponential over its window sum (librosa's L1 norm); the scale, sqrt(filter length
-    at the input rate), reproduces ``librosa.cqt(scale=True)``."""
-    rate = cfg.sample_rate / 2**plan.early
-    lengths = plan.q * rate / plan.freqs
-    width = 2 * (int(np.ceil(lengths.max())) // 2 + 1)
-    kernel = np.zeros((width, 2 * len(lengths)))
-    for i, (length, freq) in enumerate(zip(lengths, plan.freqs, strict=True)):
-        t = np.arange(-length // 2, length // 2)  # librosa's sample positions, 0 = frame centre
-        window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(len(t)) / len(t))  # periodic Hann
-        phase = 2 * np.pi * freq / rate * t
-        rows = t.astype(int) + width // 2
-        kernel[rows, i] = window * np.cos(phase) / window.sum()
-        kernel[rows, i + len(lengths)] = -window * np.sin(phase) / window.sum()
-    octave = np.arange(plan.octaves)[::-1].repeat(len(lengths))  # 0 = top octave
-    full_rate = np.tile(lengths, plan.octaves) * 2.0 ** (plan.early + octave)
-    return kernel, np.sqrt(full_rate[-cfg.cqt_bins :])
-
-
-def _halfband() -> tuple[float, torch.Tensor]:
-    """Kaiser half-band low-pass for decimation by 2: its centre tap and odd-tap band matrix.
-
-    Its even taps are zero but the centre, so ``y[n] = centre * x[2n] + (odd taps applied to
-    x_odd = x[1::2])``. Row ``m`` of frames ``x_odd[b*m - M/2 : b*m + b + M/2 - 1]`` times the
-    ``(b + M - 1, b)`` band matrix gives that part of outputs ``b*m .. b*m + b - 1``.
-    """
-    half, block = DECIMATE_HALF_TAPS, DECIMATE_BLOCK
-    d = torch.arange(-half, half + 1, dtype=torch.float64)
-    taps = torch.sinc(d / 2) * torch.kaiser_window(
-        2 * half + 1, periodic=False, beta=KAISER_BETA, dtype=torch.float64
-    )
-    taps /= taps.sum()  # unity gain at DC
-    odd = taps[1::2]  # d = -M+1, -M+3, ..., M-1: x[2n - d] = x_odd[n - (d + 1) / 2]
-    matrix = torch.zeros(block + half - 1, block, dtype=torch.float64)
-    for j in range(block):
-        matrix[j : j + half, j] = odd.flip(0)
-    return float(taps[half]), matrix
-
-
 class FeatureExtractor:
     """Feature extractor with its filterbanks and kernels built once on one device.
 
@@ -271,11 +198,11 @@ class FeatureExtractor:
             used = group.ne(0).any(1).nonzero()[:, 0].tolist() or [0, -1]
             self.mel_groups.append((used[0], used[-1] + 1, group[used[0] : used[-1] + 1]))
         self.dct = put(AF.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho"))  # (n_mels, n_mfcc)
-        self.cqt_plan = plan = _cqt_plan(cfg) if "cqt" in self.blocks else None
+        self.cqt_plan = plan = cqt_plan(cfg) if "cqt" in self.blocks else None
         if plan is not None:
-            kernel, scale = _cqt_kernels(cfg, plan)
+            kernel, scale = cqt_kernels(cfg, plan)
             self.cqt_kernel, self.cqt_scale = put(kernel), put(scale)
-            centre, band = _halfband()
+            centre, band = halfband()
             self.halfband_centre, self.halfband = centre, put(band)
         log.debug("feature extractor %s on %s", cfg.preset, self.device)
 
