@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from musicoder import storage
-from musicoder.audio import SAMPLE_RATE, AudioError, load_audio
+from musicoder.audio import AudioError
+from musicoder.downstream.cache import track_features
 from musicoder.downstream.config import EmbedConfig
 from musicoder.downstream.sources import AUDIO_EXTENSIONS, Skip, csv_text, parent_uri
 from musicoder.downstream.tasks import warn_skips
@@ -136,11 +137,13 @@ def _audio_items(
 ) -> Iterator[Item]:
     for uri in uris:
         try:
-            waveform = load_audio(uri, SAMPLE_RATE, max_seconds)
+            features = track_features(
+                uri, encoder.preset, max_seconds=max_seconds, device=encoder.device
+            )
         except (AudioError, OSError) as err:
             rejects.append(Skip.from_error(uri, err))
             continue
-        yield Item(uri, "", None, encoder.features(waveform).cpu())
+        yield Item(uri, "", None, features)
 
 
 def _shard_items(manifest_uri: str, preset: str) -> tuple[int, Iterator[Item]]:
