@@ -161,6 +161,27 @@ def early_stopping(
     return history
 
 
+def _train_epoch(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    count: int,
+    generator: torch.Generator,
+    cfg: TrainConfig,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+) -> float:
+    """One epoch over `count` items in a seeded shuffled order, `cfg.batch_size` at a time:
+    an optimizer step on each `batch_loss(indices)`; returns the mean loss."""
+    module.train()
+    losses = []
+    for index in torch.randperm(count, generator=generator).split(cfg.batch_size):
+        loss = batch_loss(index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
 @torch.no_grad()
 def predict_probe(
     head: LinearProbe, data: ChunkSet, kind: str, *, batch_size: int = 4096
@@ -184,18 +205,11 @@ def train_probe(
     generator = torch.Generator().manual_seed(cfg.seed)
     chunk_targets = train.targets[train.track]
 
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        return loss_fn(kind, head(train.inputs[index].to(device)), chunk_targets[index].to(device))
+
     def train_epoch(_: int) -> float:
-        head.train()
-        losses = []
-        for index in torch.randperm(len(train.inputs), generator=generator).split(cfg.batch_size):
-            loss = loss_fn(
-                kind, head(train.inputs[index].to(device)), chunk_targets[index].to(device)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        return float(np.mean(losses))
+        return _train_epoch(head, optimizer, len(train.inputs), generator, cfg, batch_loss)
 
     def valid_log_loss() -> float:
         return mean_log_loss(kind, predict_probe(head, valid, kind), valid.targets.numpy())
@@ -261,19 +275,12 @@ def train_finetune(
     generator = torch.Generator().manual_seed(cfg.seed)
     track = torch.tensor([t for t, _, _ in train.bounds])
 
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        features, valid_mask = train.batch(index.tolist(), normalize)
+        return loss_fn(kind, model(features, valid_mask), train.targets[track[index]].to(device))
+
     def train_epoch(_: int) -> float:
-        model.train()
-        losses = []
-        for index in torch.randperm(len(train.bounds), generator=generator).split(cfg.batch_size):
-            features, valid_mask = train.batch(index.tolist(), normalize)
-            loss = loss_fn(
-                kind, model(features, valid_mask), train.targets[track[index]].to(device)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        return float(np.mean(losses))
+        return _train_epoch(model, optimizer, len(train.bounds), generator, cfg, batch_loss)
 
     def valid_log_loss() -> float:
         probs = predict_finetune(model, valid, kind, normalize, cfg.batch_size)
