@@ -125,7 +125,7 @@ def run(cfg: ShardJobConfig, *, dry_run: bool = False, progress: bool = True) ->
     if dry_run:
         return RunResult("dry_run", EXIT_OK, describe_plan(plan, output))
     names = _names_in(output)
-    if _prepare_output(cfg, output, plan, names):
+    if _prepare_output(cfg, output, plan, names, previous):
         counts = storage.read_json(storage.join(output, MANIFEST_NAME)).get("counts")
         line = f"{output} is already complete ({_counts_line(counts)}); nothing to do"
         log.info(line)
@@ -180,12 +180,14 @@ def _names_in(output: str) -> set[str]:
         return set()
 
 
-def _prepare_output(cfg: ShardJobConfig, output: str, plan: ShardPlan, names: set[str]) -> bool:
-    """Check the output against the plan and write ``plan.json``; True = already complete."""
+def _prepare_output(
+    cfg: ShardJobConfig, output: str, plan: ShardPlan, names: set[str], previous: dict
+) -> bool:
+    """Check the output against the plan and write ``plan.json``; True = already complete.
+    ``previous`` is the ``plan.json`` already there, as `_previous_plan` read it."""
     visible = {n for n in names if not n.startswith(".")}
     if PLAN_NAME in visible:
-        old = storage.read_json(storage.join(output, PLAN_NAME))
-        old_fp = old.get("fingerprint", "") if isinstance(old, dict) else ""
+        old_fp = previous.get("fingerprint", "")
         if old_fp == plan.fingerprint:
             for stale in sorted(n for n in names if STALE_TEMP_RE.match(n)):
                 storage.delete(storage.join(output, stale))

@@ -180,6 +180,23 @@ def test_overwrite_too_many_rejects_then_raised_limit(tmp_path: Path, bad_audio_
     assert (out / "shard-000000.tar").stat().st_mtime_ns == tar_mtime
 
 
+def test_unreadable_plan_json_counts_as_a_different_plan(tmp_path: Path, ray_local):
+    corpus = tmp_path / "small"
+    corpus.mkdir()
+    write_tone(corpus / "good.wav", 3.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "plan.json").write_text("{not json")
+    cfg = ShardJobConfig(
+        inputs=[str(corpus)], output=str(out), segment_seconds=2.5, val_fraction=0.0
+    )
+    with pytest.raises(ShardOutputError, match="different plan.*--overwrite"):
+        run(cfg, progress=False)
+    assert (out / "plan.json").read_text() == "{not json"  # nothing replaced without --overwrite
+    done = run(ShardJobConfig(**{**vars(cfg), "overwrite": True}), progress=False)
+    assert done.exit_code == 0 and _json(out / "plan.json")["fingerprint"]
+
+
 def test_dry_run_writes_nothing_and_ray_job_refuses_relative_paths(
     shard_corpus, tmp_path, monkeypatch
 ):
