@@ -54,6 +54,12 @@ def _ray() -> str:
     return str(exe) if exe.exists() else shutil.which("ray") or pytest.skip("ray CLI not found")
 
 
+def _submit_shard(url: str, *args: str) -> list[str]:
+    """`ray job submit` of `python launch/shard.py ARGS` with this repository as working dir."""
+    submit = [_ray(), "job", "submit", "--address", url, "--working-dir", str(REPO), "--"]
+    return [*submit, "python", "launch/shard.py", *args]
+
+
 @pytest.fixture
 def ray_head(s3_env: str):
     """``ray start --head --block`` as a child process with the S3 environment; yields its URL."""
@@ -119,22 +125,7 @@ def test_ray_job_submit_shards_to_s3(
 
     url, env = ray_head
     output = f"{s3_env}/corpus/v1"
-    cmd = [
-        _ray(),
-        "job",
-        "submit",
-        "--address",
-        url,
-        "--working-dir",
-        str(REPO),
-        "--",
-        "python",
-        "launch/shard.py",
-        "--output",
-        output,
-        "--no-progress",
-        *RUN_ARGS,
-    ]
+    cmd = _submit_shard(url, "--output", output, "--no-progress", *RUN_ARGS)
     for uri in shard_corpus.inputs:
         cmd += ["--input", uri]
     job = subprocess.run(
@@ -157,22 +148,7 @@ def test_ray_job_submit_shards_to_s3(
     assert remote["counts"]["accepted"] == len(shard_corpus.accepted)
 
     # Inside a Ray job a relative local path would land in the job's temp working dir: refused.
-    cmd = [
-        _ray(),
-        "job",
-        "submit",
-        "--address",
-        url,
-        "--working-dir",
-        str(REPO),
-        "--",
-        "python",
-        "launch/shard.py",
-        "--input",
-        "/nonexistent-audio",
-        "--output",
-        "shards/relative",
-    ]
+    cmd = _submit_shard(url, "--input", "/nonexistent-audio", "--output", "shards/relative")
     job = subprocess.run(
         cmd, check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )
