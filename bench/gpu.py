@@ -51,6 +51,8 @@ def sync(device: torch.device) -> None:
 
 
 def synthetic_batch(batch: int, frames: int, device: torch.device) -> Batch:
+    """A seeded random batch of `batch` x `frames` x 324 features with CFM/CCM masks applied
+    (also the batch of bench/train_step.py)."""
     gen = torch.Generator().manual_seed(0)
     clean = Batch(
         features=torch.randn(batch, frames, 324, generator=gen),

@@ -18,10 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 
 from musicoder.model import (
-    Batch,
-    MaskingConfig,
     MusiCoder,
-    apply_masking,
     flops_per_frame,
     reconstruction_loss,
     variant_config,
@@ -29,18 +26,11 @@ from musicoder.model import (
 from musicoder.train import default_single_process_env
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json
 
+from gpu import synthetic_batch  # bench/ is sys.path[0] when run as a script
+
 CONFIG = variant_config("tiny", num_layers=4, hidden=256, heads=4, ffn=1024)
 BATCH, FRAMES, STEPS, WARMUP = 16, 512, int(os.environ.get("BENCH_STEPS", 4)), 1
 LR = 1e-4
-
-
-def make_batch() -> Batch:
-    gen = torch.Generator().manual_seed(0)
-    batch = Batch(
-        features=torch.randn(BATCH, FRAMES, 324, generator=gen),
-        valid=torch.ones(BATCH, FRAMES, dtype=torch.bool),
-    )
-    return apply_masking(batch, MaskingConfig(), gen)
 
 
 def time_steps(step) -> float:
@@ -56,7 +46,7 @@ def time_steps(step) -> float:
 def main() -> None:
     import deepspeed
 
-    batch = make_batch()
+    batch = synthetic_batch(BATCH, FRAMES, torch.device("cpu"))
     torch.manual_seed(0)
     model = MusiCoder(CONFIG)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
