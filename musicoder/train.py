@@ -35,6 +35,7 @@ from musicoder.model import (
     model_input,
     reconstruction_loss,
 )
+from musicoder.model.baselines import BASELINES, baseline_losses
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
 from musicoder.training.setup import PretrainConfig, TrainConfig, default_single_process_env
@@ -313,28 +314,43 @@ class Pretrainer:
 
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean validation loss over the val shards (same batch count on every rank)."""
+        """Mean validation loss over the val shards (same batch count on every rank).
+
+        Also logs the CFM and CCM parts next to those of the trivial predictors on the same
+        masks (`musicoder.model.baselines`): a model no better than interpolation has learned
+        little that a probe could use.
+        """
         import torch.distributed as dist
 
         if self.val_stream is None:
             return None
         self.engine.eval()
-        sums = torch.zeros(2, dtype=torch.float64)
+        names = ["loss/val", "val/cfm", "val/ccm"]
+        names += [f"val/{part}_{b}" for b in BASELINES for part in ("cfm", "ccm")]
+        sums = torch.zeros(len(names) + 1, dtype=torch.float64)
         for i, (batch, _) in enumerate(self.val_stream):
             if i >= self.config.data.val_max_batches:
                 break
             target = batch.to(self.device)
             out = self.engine(model_input(target, self.dtype), target.valid)
-            sums += torch.tensor(
-                [reconstruction_loss(out.reconstruction.float(), target).total.item(), 1.0],
-                dtype=torch.float64,
-            )
+            loss = reconstruction_loss(out.reconstruction.float(), target)
+            parts = [loss.total, loss.cfm, loss.ccm]
+            for trivial in baseline_losses(target).values():
+                parts += [trivial.cfm, trivial.ccm]
+            sums += torch.tensor([float(p) for p in parts] + [1.0], dtype=torch.float64)
         self.engine.train()
         sums = sums.to(self.device)
         dist.all_reduce(sums)
-        value = float(sums[0] / sums[1])
-        self.tb.scalars(self.state.step, {"loss/val": value})
-        return value
+        values = {name: float(sums[k] / sums[-1]) for k, name in enumerate(names)}
+        self.tb.scalars(self.state.step, values)
+        log_rank_zero(
+            "val loss %.4f; CFM %.4f (interpolation %.4f, clip mean %.4f)",
+            values["loss/val"],
+            values["val/cfm"],
+            values["val/cfm_interpolate"],
+            values["val/cfm_clip_mean"],
+        )
+        return values["loss/val"]
 
     # ---------------------------------------------------------------- save / close
     def save(self) -> str:

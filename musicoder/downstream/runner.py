@@ -23,13 +23,13 @@ from musicoder.audio import AudioError
 from musicoder.config import save_config
 from musicoder.downstream.cache import FeatureCache
 from musicoder.downstream.config import FINETUNE, GENRE, SPLITS, FinetuneConfig
-from musicoder.downstream.metrics import compute_metrics
+from musicoder.downstream.metrics import compute_metrics, effective_rank
 from musicoder.downstream.probe import (
     ChunkSet,
     FeatureChunks,
     FinetuneModel,
     History,
-    LinearProbe,
+    ProbeHead,
     predict_finetune,
     predict_probe,
     train_finetune,
@@ -90,6 +90,8 @@ def run(cfg: FinetuneConfig) -> dict:
         "layer_weights": main.layer_weights,
         "best_epoch": main.history.best_epoch,
         "valid_log_loss": main.history.best,
+        "head": cfg.train.head,
+        "models": {name: r.summary() for name, r in results.items()},
     }
     probs = {name: r.probs for name, r in results.items()}
     _write_outputs(cfg, task, splits["test"], probs, task.skipped + unusable, metrics)
@@ -101,10 +103,25 @@ def run(cfg: FinetuneConfig) -> dict:
 
 @dataclass
 class _Result:
-    metrics: dict
+    metrics: dict  # test split
+    valid: dict  # valid split: the numbers to choose by
     probs: np.ndarray  # (test tracks, classes)
     history: History
     layer_weights: list[float]
+    per_layer: list[dict] | None = None  # one head per pooled state: valid and test metrics
+    effective_rank: list[float] | None = None  # of each pooled state over the train chunks
+
+    def summary(self) -> dict:
+        out = {
+            "valid": self.valid,
+            "test": self.metrics,
+            "layer_weights": self.layer_weights,
+            "best_epoch": self.history.best_epoch,
+        }
+        if self.per_layer is not None:
+            out["per_layer"] = self.per_layer
+            out["effective_rank"] = self.effective_rank
+        return out
 
 
 class _Job:
@@ -190,15 +207,40 @@ class _Job:
         ]
         return FeatureChunks(bounds, lambda i: self.cache.get(tracks[i].uri), self.targets[split])
 
+    def head(
+        self, sets: dict[str, ChunkSet], device: torch.device, layer: int | None = None
+    ) -> ProbeHead:
+        """A fresh head (the same initial weights for every model) fitted to train inputs."""
+        train_cfg, inputs = self.cfg.train, sets["train"].inputs
+        _, num_states, dim = inputs.shape
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train_cfg.seed)
+            head = ProbeHead(
+                num_states,
+                dim,
+                len(self.task.classes),
+                hidden=train_cfg.mlp_hidden if train_cfg.head == "mlp" else None,
+                dropout=train_cfg.mlp_dropout,
+                layer=layer,
+            )
+        return head.to(device).fit_standardization(inputs.to(device))
+
+    def probe_metrics(self, head: ProbeHead, sets: dict[str, ChunkSet]) -> dict[str, dict]:
+        """Valid and test metrics of a trained probe head."""
+        kind = self.task.kind
+        return {
+            split: compute_metrics(
+                kind, predict_probe(head, sets[split], kind), self.targets[split].numpy()
+            )
+            for split in ("valid", "test")
+        }
+
     def evaluate(self, name: str, encoder: Encoder, *, handcrafted: bool = False) -> _Result:
         log.info("evaluating %s on task %s", name, self.task.name)
         kind, train_cfg = self.task.kind, self.cfg.train
         sets = {s: self.chunk_set(s, encoder, handcrafted) for s in SPLITS}
-        _, num_states, dim = sets["train"].inputs.shape
-        with torch.random.fork_rng(devices=[]):  # every model starts from the same head
-            torch.manual_seed(train_cfg.seed)
-            head = LinearProbe(num_states, dim, len(self.task.classes)).to(encoder.device)
-        head.fit_standardization(sets["train"].inputs.to(encoder.device))
+        layer = None if handcrafted else train_cfg.layer
+        head = self.head(sets, encoder.device, layer)
         history = train_probe(
             head,
             sets["train"],
@@ -208,6 +250,7 @@ class _Job:
             on_epoch=self.on_epoch(name, "probe"),
         )
         probs = predict_probe(head, sets["test"], kind)
+        valid = self.probe_metrics(head, sets)["valid"]
         if self.cfg.mode == FINETUNE and not handcrafted:
             model = FinetuneModel(copy.deepcopy(encoder.model), head, pooling=train_cfg.pooling).to(
                 encoder.device
@@ -225,9 +268,29 @@ class _Job:
             probs = predict_finetune(
                 model, chunks["test"], kind, encoder.normalize, train_cfg.batch_size
             )
+            valid_probs = predict_finetune(
+                model, chunks["valid"], kind, encoder.normalize, train_cfg.batch_size
+            )
+            valid = compute_metrics(kind, valid_probs, self.targets["valid"].numpy())
         metrics = compute_metrics(kind, probs, self.targets["test"].numpy())
         log.info("%s test: %s", name, {k: v for k, v in metrics.items() if isinstance(v, float)})
-        return _Result(metrics, probs, history, head.layer_weights())
+        result = _Result(metrics, valid, probs, history, head.layer_weights())
+        if train_cfg.per_layer:
+            result.per_layer, result.effective_rank = self.layer_scores(sets, encoder.device)
+        return result
+
+    def layer_scores(
+        self, sets: dict[str, ChunkSet], device: torch.device
+    ) -> tuple[list[dict], list[float]]:
+        """One probe head per pooled state: its valid and test metrics; and each state's
+        effective rank over the train chunks (how many directions the states really use)."""
+        scores, ranks = [], []
+        for k in range(sets["train"].inputs.shape[1]):
+            head = self.head(sets, device, layer=k)
+            train_probe(head, sets["train"], sets["valid"], self.task.kind, self.cfg.train)
+            scores.append({"layer": k, **self.probe_metrics(head, sets)})
+            ranks.append(effective_rank(sets["train"].inputs[:, k].numpy()))
+        return scores, ranks
 
 
 def handcrafted_states(features: torch.Tensor, window: int) -> torch.Tensor:
