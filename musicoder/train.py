@@ -245,7 +245,11 @@ class Pretrainer:
                 torch.manual_seed(derive_seed(tcfg.seed, self.state.step, micro, self.rank))
                 inputs = model_input(target, self.dtype)  # masks applied on the device
                 out = engine(inputs, target.valid)
-                loss = reconstruction_loss(out.reconstruction.float(), target)
+                loss = reconstruction_loss(
+                    out.reconstruction.float(),
+                    target,
+                    visible_weight=self.config.loss.visible_weight,
+                )
                 engine.backward(loss.total)
                 engine.step()
                 sums[:4] += torch.tensor(

@@ -10,7 +10,7 @@ from musicoder.model.encoder import EncoderOutput, MusiCoderEncoder
 from musicoder.model.export import load_encoder_weights, save_encoder
 from musicoder.model.flops import count_parameters, flops_per_frame
 from musicoder.model.heads import ModelOutput, MusiCoder, ReconstructionHead
-from musicoder.model.loss import LossOutput, reconstruction_loss
+from musicoder.model.loss import LossConfig, LossOutput, reconstruction_loss
 from musicoder.model.masking import (
     MaskingConfig,
     apply_masking,
@@ -24,6 +24,7 @@ __all__ = [
     "VARIANTS",
     "Batch",
     "EncoderOutput",
+    "LossConfig",
     "LossOutput",
     "MaskingConfig",
     "ModelOutput",
