@@ -5,11 +5,16 @@ initialised encoder of the same config and on handcrafted features (mean and std
 the normalized input channels), so a user sees what pre-training buys. It writes, under
 `cfg.output`: `metrics.json`, `predictions.csv` (test tracks), `skipped.csv` (every row or
 track left out, with the reason), `config.yaml` and TensorBoard events in `tensorboard/<model>/`.
+Features (`cache_dir/<preset>/`) and each encoder's pooled states (`cache_dir/states/`) are
+cached, so probing the same encoder again with another head or seed runs no encoder pass.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ from musicoder.encoder_api import Encoder, chunk_bounds, load_encoder, resolve_d
 log = logging.getLogger(__name__)
 
 PRETRAINED, RANDOM_INIT, HANDCRAFTED = "pretrained", "random_init", "handcrafted"
+STATES_VERSION = 1  # pooled-state cache entries (`cache_dir/states/`)
 
 
 def run(cfg: FinetuneConfig) -> dict:
@@ -179,24 +185,65 @@ class _Job:
     def chunk_set(self, split: str, encoder: Encoder, handcrafted: bool) -> ChunkSet:
         tracks = self.splits[split]
         if handcrafted:
-            per_track = (
+            states = [
                 handcrafted_states(encoder.normalize(f), self.window)
                 for f in self.tracks_features(tracks)
-            )
+            ]
         else:
-            per_track = encoder.iter_pooled_states(
-                self.tracks_features(tracks),
-                window=self.window,
-                batch_size=self.cfg.train.batch_size,
-                pooling=self.cfg.train.pooling,
-            )
-        states = list(tqdm(per_track, total=len(tracks), desc=f"{split} states", leave=False))
+            states = self.encoder_states(split, encoder)
         counts = torch.tensor([len(s) for s in states])
         return ChunkSet(
             torch.cat(states),
             torch.arange(len(states)).repeat_interleave(counts),
             self.targets[split],
         )
+
+    def encoder_states(self, split: str, encoder: Encoder) -> list[torch.Tensor]:
+        """Per-track `(n_chunks, L + 1, D)` pooled states of a split, from the state cache
+        when this encoder (weights and normalization), window, pooling and these tracks'
+        features were seen before (other probe heads and seeds reuse them), else computed."""
+        tracks = self.splits[split]
+        entry = storage.join(self.cfg.cache_dir, "states", f"{self.states_key(split, encoder)}.npz")
+        if storage.exists(entry):
+            try:
+                with np.load(io.BytesIO(storage.read_bytes(entry)), allow_pickle=False) as f:
+                    flat, counts = torch.from_numpy(f["states"]), f["counts"].tolist()
+                if len(counts) == len(tracks):
+                    return list(flat.split(counts))
+            except (ValueError, OSError, KeyError) as err:
+                log.warning("%s: unreadable state cache entry (%s); recomputing", entry, err)
+        per_track = encoder.iter_pooled_states(
+            self.tracks_features(tracks),
+            window=self.window,
+            batch_size=self.cfg.train.batch_size,
+            pooling=self.cfg.train.pooling,
+        )
+        states = list(tqdm(per_track, total=len(tracks), desc=f"{split} states", leave=False))
+        buffer = io.BytesIO()
+        np.savez(
+            buffer, states=torch.cat(states).numpy(), counts=np.array([len(s) for s in states])
+        )
+        storage.write_bytes(entry, buffer.getvalue())
+        return states
+
+    def states_key(self, split: str, encoder: Encoder) -> str:
+        """What determines a split's pooled states: weights, normalization, window, pooling and
+        each track's feature cache entry (audio identity and feature settings)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(encoder.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        for tensor in (encoder.mean, encoder.std):
+            digest.update(tensor.cpu().numpy().tobytes())
+        settings = {
+            "version": STATES_VERSION,
+            "model": encoder.model_config.to_dict(),
+            "window": self.window,
+            "pooling": self.cfg.train.pooling,
+            "tracks": [self.cache.entry_uri(t.uri) for t in self.splits[split]],
+        }
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        return digest.hexdigest()
 
     def feature_chunks(self, split: str) -> FeatureChunks:
         tracks = self.splits[split]
