@@ -263,6 +263,13 @@ def markdown(results: dict) -> str:
             for model in MODELS:
                 test = per_head["models"][model]["test"]
                 lines.append(f"| {model} | " + " | ".join(_fmt(test[k]) for k in keys) + " |")
+            valid = {m: per_head["models"][m]["valid"][keys[0]] for m in MODELS}
+            lines += [
+                "",
+                f"Valid split, {keys[0]}: "
+                + ", ".join(f"{m} {_fmt(v)}" for m, v in valid.items())
+                + ".",
+            ]
             wins = [
                 f"{k}: {v['margin']:+.3f} (spread {v['spread']:.3f}){' ✔' if v['wins'] else ' ✘'}"
                 for k, v in per_head["verdict"].items()
