@@ -26,7 +26,7 @@ from musicoder import storage
 from musicoder.audio import AudioError
 from musicoder.downstream.cache import track_features
 from musicoder.downstream.config import EmbedConfig
-from musicoder.downstream.sources import AUDIO_EXTENSIONS, Skip, csv_text, parent_uri
+from musicoder.downstream.sources import AUDIO_EXTENSIONS, Skip, csv_text
 from musicoder.downstream.tasks import warn_skips
 from musicoder.encoder_api import load_encoder, pool_track, resolve_device
 
@@ -152,7 +152,7 @@ def _shard_items(manifest_uri: str, preset: str) -> tuple[int, Iterator[Item]]:
         raise ValueError(
             f"{manifest_uri}: shards use preset {manifest.get('preset')!r}, the encoder {preset!r}"
         )
-    base = parent_uri(manifest_uri)
+    base = storage.parent(manifest_uri)
     shards = [storage.join(base, s["name"]) for part in SHARD_LISTS for s in manifest.get(part, [])]
     total = sum(s.get("samples", 0) for part in SHARD_LISTS for s in manifest.get(part, []))
     return total, (item for shard in shards for item in _read_shard(shard))

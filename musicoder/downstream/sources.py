@@ -67,13 +67,6 @@ class Row:
     where: str
 
 
-def parent_uri(uri: str) -> str:
-    """The folder or prefix that contains `uri`."""
-    if storage.is_local(uri):
-        return str(storage.local_path(uri).parent)
-    return posixpath.dirname(uri.rstrip("/"))
-
-
 def _inside(base: str, relative: str) -> str | None:
     """`base/relative`, or None when `relative` is absolute or leaves `base` (path traversal)."""
     parts = relative.replace("\\", "/").split("/")
@@ -90,7 +83,7 @@ def _parse_csv(cfg: TaskConfig) -> tuple[list[Row], list[Skip], bool]:
             raise ValueError(
                 f"{cfg.path}: missing column '{required}' (kind {cfg.kind} needs {column})"
             )
-    base, rows, skipped = parent_uri(cfg.path), [], []
+    base, rows, skipped = storage.parent(cfg.path), [], []
     for record in reader:
         where = f"{cfg.path}:{reader.line_num}"
         path, split = (record.get("path") or "").strip(), (record.get("split") or "").strip()
@@ -122,7 +115,7 @@ def _parse_mtt(cfg: TaskConfig) -> tuple[list[Row], list[Skip], bool]:
         raise ValueError(
             f"{cfg.path}: not a MagnaTagATune annotations file (want clip_id, tags..., mp3_path)"
         )
-    tags, base = header[1:-1], cfg.audio_root or parent_uri(cfg.path)
+    tags, base = header[1:-1], cfg.audio_root or storage.parent(cfg.path)
     rows, skipped = [], []
     for values in reader:
         where = f"{cfg.path}:{reader.line_num}"

@@ -174,7 +174,7 @@ def _previous_plan(output: str) -> dict:
 def _names_in(output: str) -> set[str]:
     try:
         return {
-            info.uri.rsplit("/", 1)[-1] for info in storage.list_objects(output, recursive=False)
+            storage.basename(info.uri) for info in storage.list_objects(output, recursive=False)
         }
     except FileNotFoundError:
         return set()
