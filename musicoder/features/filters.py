@@ -1,49 +1,22 @@
-"""Filterbanks and kernels behind `musicoder.features`, built once per config (numpy/torch,
-no state): librosa's chroma filterbank, the octave layout and top-octave kernels of its CQT,
-and the Kaiser half-band low-pass that decimates between CQT octaves.
+"""Filterbanks and kernels behind `musicoder.features.extract`, built once per config
+(numpy/torch, no state): librosa's chroma filterbank, the top-octave kernels of its CQT (on the
+octave layout of `musicoder.features.config.cqt_plan`), and the Kaiser half-band low-pass that
+decimates between CQT octaves.
 
-Each function reads only the fields it needs from a `musicoder.features.FeatureConfig`.
+Each function reads only the fields it needs from a `FeatureConfig`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from musicoder.features import FeatureConfig
+from musicoder.features.config import CqtPlan, FeatureConfig
 
 A4_HZ = 440.0
-HANN_BANDWIDTH = 1.50018310546875  # librosa.filters.window_bandwidth("hann")
 DECIMATE_HALF_TAPS = 12  # 25-tap half-band: flat (-0.01 dB) to 0.3, <= -85 dB above 0.78 x Nyquist
 DECIMATE_BLOCK = 32  # output samples per row of the decimation matrix product
 KAISER_BETA = 8.0
-
-
-@dataclass(frozen=True)
-class CqtPlan:  # librosa's octave-wise CQT layout
-    octaves: int  # octaves spanned (the lowest may be partial)
-    early: int  # halvings before the top octave (its filters need no more bandwidth)
-    freqs: np.ndarray  # (bins_per_octave,) top-octave centre frequencies in Hz
-    q: float  # quality factor: filter length = q * rate / frequency
-    cutoff_hz: float  # highest frequency any filter reaches
-
-
-def cqt_plan(cfg: FeatureConfig) -> CqtPlan:
-    """Octave layout of librosa's ``vqt`` (gamma 0, hann, filter_scale 1) for ``cfg``."""
-    bpo = cfg.cqt_bins_per_octave
-    octaves = math.ceil(cfg.cqt_bins / bpo)
-    top = cfg.cqt_fmin * 2.0 ** ((cfg.cqt_bins - bpo + np.arange(bpo)) / bpo)
-    ratio = 2.0 ** (2 / bpo)
-    q = (ratio + 1) / (ratio - 1)  # 1 / librosa's relative bandwidth alpha
-    cutoff = float(top[-1] * (1 + 0.5 * HANN_BANDWIDTH / q))
-    by_bandwidth = max(0, math.ceil(math.log2(cfg.sample_rate / 2 / cutoff)) - 2)
-    twos = (cfg.hop_length & -cfg.hop_length).bit_length() - 1
-    return CqtPlan(octaves, min(by_bandwidth, max(0, twos - octaves + 1)), top, q, cutoff)
 
 
 def chroma_filterbank(cfg: FeatureConfig) -> np.ndarray:

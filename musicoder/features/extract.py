@@ -1,4 +1,4 @@
-"""Frame-level audio features in torch: the MusiCoder-324 input and a plain log-mel preset.
+"""Feature extraction in torch: the MusiCoder-324 input and a plain log-mel preset.
 
 `extract_features` maps mono 22,050 Hz waveforms to ``[frames, C]`` (batched ``[B, frames, C]``)
 on any device, frames centred like librosa's (``1 + samples // hop``, zero padding). Each block
@@ -17,147 +17,35 @@ global state except a cache of kernels per (config, device).
 import dataclasses
 import functools
 import logging
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
-from musicoder.filters import (
+from musicoder.features.config import (
+    MUSICODER324,
+    FeatureConfig,
+    channel_blocks,
+    cqt_plan,
+    num_channels,
+    num_frames,
+    preset_config,
+)
+from musicoder.features.filters import (
     DECIMATE_BLOCK,
     DECIMATE_HALF_TAPS,
     chroma_filterbank,
     cqt_kernels,
-    cqt_plan,
     halfband,
 )
 
-__all__ = ["chroma_filterbank"]  # re-exported: part of this module's API
-
 log = logging.getLogger(__name__)
 
-MUSICODER324 = "musicoder324"
-LOGMEL128 = "logmel128"
-PRESET_BLOCKS = {MUSICODER324: ("chroma", "mfcc", "delta", "mel", "cqt"), LOGMEL128: ("mel",)}
-C1_HZ = 32.70319566257483
 DB_AMIN = 1e-10  # librosa.power_to_db floor (power)
 MEL_GROUP = 16  # mel bands per block of the block-sparse mel product
 STFT_CHUNK_CPU = 256  # STFT frames per step on a CPU: 2 MiB of frames stay in cache
 STFT_CHUNK_GPU = 1 << 16  # on a GPU: bounds memory only (0.5 GiB of frames)
-
-
-@dataclass
-class FeatureConfig:
-    """Feature parameters; the preset picks the blocks, the fields give their sizes.
-
-    Attributes:
-        preset: ``musicoder324`` (chroma, MFCC, delta, log-mel, log-CQT) or ``logmel128``.
-        sample_rate: Input rate in Hz; the waveform must already be at this rate.
-        n_fft: STFT window (Hann) length in samples.
-        hop_length: Frame hop in samples; divisible by 2 per CQT octave.
-        n_mels: Mel bands (Slaney scale and area normalisation, 0 Hz to Nyquist).
-        n_mfcc: MFCCs, and delta MFCCs.
-        n_chroma: Chroma bins.
-        delta_width: Savitzky-Golay window (odd) of the delta MFCCs, in frames.
-        top_db: Dynamic range kept below each item's loudest mel cell before the DCT.
-        cqt_bins: CQT bins.
-        cqt_bins_per_octave: CQT bins per octave.
-        cqt_fmin: Centre frequency of the lowest CQT bin in Hz.
-        log_eps: Offset inside the log of mel and CQT magnitudes.
-    """
-
-    preset: Literal["musicoder324", "logmel128"] = MUSICODER324
-    sample_rate: int = 22050
-    n_fft: int = 2048
-    hop_length: int = 1024
-    n_mels: int = 128
-    n_mfcc: int = 20
-    n_chroma: int = 12
-    delta_width: int = 9
-    top_db: float = 80.0
-    cqt_bins: int = 144
-    cqt_bins_per_octave: int = 24
-    cqt_fmin: float = C1_HZ
-    log_eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESET_BLOCKS:
-            raise ValueError(
-                f"feature.preset: unknown preset {self.preset!r}, expected one of "
-                f"{sorted(PRESET_BLOCKS)}"
-            )
-        for key in (
-            "sample_rate",
-            "n_fft",
-            "hop_length",
-            "n_mels",
-            "n_mfcc",
-            "n_chroma",
-            "cqt_bins",
-            "cqt_bins_per_octave",
-            "cqt_fmin",
-            "top_db",
-            "log_eps",
-        ):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"feature.{key}: must be positive, got {getattr(self, key)}")
-        if self.n_mfcc > self.n_mels:
-            raise ValueError(f"feature.n_mfcc: {self.n_mfcc} exceeds n_mels={self.n_mels}")
-        if self.delta_width < 3 or self.delta_width % 2 == 0:
-            raise ValueError(f"feature.delta_width: must be odd and >= 3, got {self.delta_width}")
-        if "cqt" in PRESET_BLOCKS[self.preset]:
-            plan = cqt_plan(self)
-            if plan.cutoff_hz >= self.sample_rate / 2:
-                raise ValueError(
-                    f"feature.cqt_bins: top CQT bin reaches {plan.cutoff_hz:.0f} Hz, "
-                    f"above Nyquist {self.sample_rate / 2:.0f} Hz"
-                )
-            halvings = plan.early + plan.octaves - 1
-            if self.hop_length % (1 << halvings):
-                raise ValueError(
-                    f"feature.hop_length: {self.hop_length} must be divisible by "
-                    f"2**{halvings} for a {plan.octaves}-octave CQT"
-                )
-
-
-def preset_config(preset: str | FeatureConfig) -> FeatureConfig:
-    """Return the canonical parameters of a preset (a config is returned as it is).
-
-    Raises:
-        ValueError: ``preset`` is not a known preset name.
-    """
-    if isinstance(preset, FeatureConfig):
-        return preset
-    return FeatureConfig(preset=preset)  # type: ignore[arg-type]
-
-
-def channel_blocks(preset: str | FeatureConfig = MUSICODER324) -> dict[str, slice]:
-    """Channel ranges of each block, in output order (e.g. ``{"chroma": slice(0, 12), ...}``)."""
-    cfg = preset_config(preset)
-    sizes = {
-        "chroma": cfg.n_chroma,
-        "mfcc": cfg.n_mfcc,
-        "delta": cfg.n_mfcc,
-        "mel": cfg.n_mels,
-        "cqt": cfg.cqt_bins,
-    }
-    blocks, start = {}, 0
-    for name in PRESET_BLOCKS[cfg.preset]:
-        blocks[name] = slice(start, start + sizes[name])
-        start += sizes[name]
-    return blocks
-
-
-def num_channels(preset: str | FeatureConfig = MUSICODER324) -> int:
-    """Channels per frame: 324 for ``musicoder324``, 128 for ``logmel128``."""
-    return list(channel_blocks(preset).values())[-1].stop
-
-
-def num_frames(num_samples: int, preset: str | FeatureConfig = MUSICODER324) -> int:
-    """Frames for ``num_samples`` input samples (centred frames: ``1 + num_samples // hop``)."""
-    return 1 + num_samples // preset_config(preset).hop_length
 
 
 class FeatureExtractor:
