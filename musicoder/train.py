@@ -21,20 +21,15 @@ from typing import Any, Literal
 
 import torch
 
-from musicoder.data import (
-    DataPosition,
-    ShardStream,
-    check_preset,
-    derive_seed,
-    make_loader,
-    read_manifest,
-)
+from musicoder.data.plan import derive_seed
+from musicoder.data.stream import DataPosition, ShardStream, make_loader
 from musicoder.model import (
     MusiCoder,
     flops_per_frame,
     model_input,
     reconstruction_loss,
 )
+from musicoder.shardset.manifest import check_preset, read_manifest
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
 from musicoder.training.setup import PretrainConfig, TrainConfig, default_single_process_env
@@ -126,11 +121,8 @@ class Pretrainer:
         self.val_stream = self._make_val_stream(manifest)
         self.state.world_size, self.state.preset = self.world, manifest.preset
         self.state.config = _config_dict(cfg)
-        self.state.feature = manifest.raw.get("feature", {})
-        self.state.stats = {
-            "mean": manifest.raw["stats"]["mean"],
-            "std": manifest.raw["stats"]["std"],
-        }
+        self.state.feature = manifest.feature
+        self.state.stats = manifest.stats.to_dict()
         if self.rank == 0:
             from musicoder.config import save_config
 

@@ -8,6 +8,7 @@ public API (`musicoder.features.extract_features` is part of the command-line co
 from musicoder.features.config import (
     LOGMEL128,
     MUSICODER324,
+    STD_FLOOR,
     FeatureConfig,
     channel_blocks,
     num_channels,
@@ -19,6 +20,7 @@ from musicoder.features.extract import FeatureExtractor, extract_features, get_e
 __all__ = [
     "LOGMEL128",
     "MUSICODER324",
+    "STD_FLOOR",
     "FeatureConfig",
     "FeatureExtractor",
     "channel_blocks",

@@ -13,6 +13,10 @@ MUSICODER324 = "musicoder324"
 LOGMEL128 = "logmel128"
 PRESET_BLOCKS = {MUSICODER324: ("chroma", "mfcc", "delta", "mel", "cqt"), LOGMEL128: ("mel",)}
 C1_HZ = 32.70319566257483
+# Floor of a channel's standard deviation wherever features are normalized (the loader, exported
+# encoders, the handcrafted probe baseline): a channel that is constant across the corpus (a CQT
+# bin above a low-pass) must not divide by ~0.
+STD_FLOOR = 1e-5
 HANN_BANDWIDTH = 1.50018310546875  # librosa.filters.window_bandwidth("hann")
 
 

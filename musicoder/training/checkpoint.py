@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from musicoder import storage
-from musicoder.data import DataPosition
+from musicoder.data.stream import DataPosition
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from musicoder import storage
-from musicoder.data import DataConfig
+from musicoder.data.stream import DataConfig
 from musicoder.model import MaskingConfig, MusiCoderConfig, variant_config
 
 

@@ -1,6 +1,6 @@
-"""Tests for musicoder/samples.py: the sequential tar reader against tarfile-written archives in
-every format, its header fast path against tarfile's parser, payload buffer recycling, npy
-decoding without pickle, and the finite check."""
+"""Tests for musicoder/shardset/reader.py: the sequential tar reader against tarfile-written
+archives in every format, its header fast path against tarfile's parser, payload buffer
+recycling, and refusal of corrupt or hostile tars."""
 
 from __future__ import annotations
 
@@ -10,17 +10,16 @@ import tarfile
 import numpy as np
 import pytest
 
-from musicoder.samples import (
+from musicoder.shardset.format import ShardFormatError
+from musicoder.shardset.reader import (
     BLOCK,
     MAX_MEMBER_BYTES,
     BufferPool,
-    ShardFormatError,
-    all_finite,
-    decode_features,
     iter_members,
     iter_samples,
     parse_header,
 )
+from musicoder.shardset.sample import decode_features
 
 
 def _tar(members: list[tuple[str, bytes]], fmt: int) -> bytes:
@@ -131,53 +130,6 @@ def test_truncated_and_corrupt_tars_raise():
         list(iter_members(io.BytesIO(data[:700])))
     with pytest.raises(tarfile.HeaderError):
         list(iter_members(io.BytesIO(b"not a tar at all" * 100)))
-
-
-@pytest.mark.parametrize(
-    "array",
-    [
-        np.arange(12, dtype=np.float16).reshape(4, 3),
-        np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3)),
-        np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian: converted to native
-        np.zeros((0, 5), dtype=np.float16),
-    ],
-)
-def test_decode_features_equals_numpy(array):
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    got = decode_features(bytearray(buf.getvalue()))
-    np.testing.assert_array_equal(got, array)
-    assert got.dtype.isnative and got.shape == array.shape
-
-
-def test_decode_features_refuses_pickle_and_garbage():
-    buf = io.BytesIO()
-    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="object dtype"):
-        decode_features(buf.getvalue())
-    with pytest.raises(ValueError, match="not an npy"):
-        decode_features(b"PK\x03\x04 zip file")
-    buf = io.BytesIO()
-    np.save(buf, np.ones((100, 4), np.float16))
-    with pytest.raises(ValueError, match="needs more"):
-        decode_features(buf.getvalue()[:-10])
-
-
-def test_all_finite_on_every_float16_bit_pattern():
-    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
-    values = bits.view(np.float16)
-    for value, finite in zip(values, np.isfinite(values), strict=True):
-        assert all_finite(np.array([[0.5, value, -2.0]], np.float16)) == finite
-
-
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_all_finite(dtype):
-    x = np.linspace(-60000, 60000, 1000).astype(dtype).reshape(100, 10)
-    assert all_finite(x)
-    for bad in (np.inf, -np.inf, np.nan):
-        y = x.copy()
-        y[37, 3] = bad
-        assert not all_finite(y)
 
 
 def test_member_size_over_the_limit_is_refused_before_allocation():

@@ -1,4 +1,4 @@
-"""Tests for musicoder/data.py: planning invariants over seeds, equal batch counts per rank,
+"""Tests for musicoder/data/stream.py and collate.py: equal batch counts per rank,
 seeded determinism, resume positions, persistent workers across epochs, CMVN, preset checks
 and unreadable shards."""
 
@@ -13,17 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-import musicoder.data
-from musicoder.data import (
-    DataConfig,
-    DataPosition,
-    ShardFormatError,
-    ShardStream,
-    check_preset,
-    make_loader,
-    plan_epoch,
-    read_manifest,
-)
+import musicoder.data.collate
+import musicoder.data.stream
+from musicoder.data.plan import derive_seed
+from musicoder.data.stream import DataConfig, DataPosition, ShardStream, make_loader
+from musicoder.shardset.format import ShardFormatError
+from musicoder.shardset.manifest import read_manifest
 from musicoder.model import MaskingConfig, apply_masking
 from musicoder.model.masking import model_input
 
@@ -56,7 +51,8 @@ def _in_process(stream: ShardStream, monkeypatch) -> list:
     for worker in range(stream.num_workers):
         info = SimpleNamespace(id=worker, num_workers=stream.num_workers)
         with monkeypatch.context() as m:
-            m.setattr(musicoder.data, "get_worker_info", lambda info=info: info)
+            for module in (musicoder.data.stream, musicoder.data.collate):
+                m.setattr(module, "get_worker_info", lambda info=info: info)
             per_worker.append(list(stream))
     rounds = itertools.zip_longest(*per_worker)
     return [item for items in rounds for item in items if item is not None]
@@ -72,35 +68,10 @@ def _same(a: list, b: list) -> bool:
     )
 
 
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("sizes", [[11, 3, 7, 1, 9, 5, 6], [14, 9], [5], [4] * 13])
-def test_plan_gives_every_rank_the_same_quota(sizes, seed):
-    for world, workers in [(1, 1), (2, 2), (3, 2), (4, 3)]:
-        if sum(sizes) < world * BATCH:
-            continue
-        plans = plan_epoch(
-            sizes, world_size=world, num_workers=workers, batch_size=BATCH, seed=seed, epoch=seed
-        )
-        quotas = [sum(p.batches for p in rank) for rank in plans]
-        assert quotas == [sum(sizes) // (world * BATCH)] * world
-        slots = [p for rank in plans for p in rank]
-        if len(sizes) >= world * workers:  # disjoint shards covering the whole set
-            owned = sorted(i for p in slots for i in p.shards)
-            assert owned == list(range(len(sizes)))
-        else:  # every slot reads all shards, and the sample-index offsets are distinct
-            assert {p.offset for p in slots} == set(range(world * workers))
-            assert all(sorted(p.shards) == list(range(len(sizes))) for p in slots)
-
-
-def test_plan_refuses_too_little_data():
-    with pytest.raises(ValueError, match="too few"):
-        plan_epoch([2], world_size=2, num_workers=1, batch_size=2, seed=0, epoch=0)
-
-
 @pytest.mark.parametrize("fixture", ["uneven_shard_set", "few_shard_set"])
 def test_every_rank_yields_the_same_number_of_batches(fixture, request):
     root = request.getfixturevalue(fixture)
-    total = read_manifest(str(root)).raw["counts"]["segments"] - 4  # minus val clips
+    total = read_manifest(str(root)).counts["segments"] - 4  # minus val clips
     expected = total // (2 * BATCH)
     keys = []
     for rank in range(2):
@@ -174,9 +145,7 @@ def test_persistent_workers_follow_epochs_and_resume(uneven_shard_set, monkeypat
 def test_loader_batches_build_the_apply_masking_input(few_shard_set):
     stream = _stream(few_shard_set, workers=0)
     (batch, info), *_ = _collect(stream)
-    gen = torch.Generator().manual_seed(
-        musicoder.data.derive_seed(stream.seed, 0, stream.rank, info.worker, 0)
-    )
+    gen = torch.Generator().manual_seed(derive_seed(stream.seed, 0, stream.rank, info.worker, 0))
     reference = apply_masking(batch, stream.masking, gen)
     assert torch.equal(model_input(batch), reference.masked_input)
     assert torch.equal(batch.cfm, reference.cfm) and torch.equal(batch.ccm, reference.ccm)
@@ -200,7 +169,7 @@ def test_cmvn_uses_manifest_stats(few_shard_set):
     )
     ((batch, _),) = _collect(stream)
     frames = batch.features[batch.valid].double()  # all train frames, normalized
-    assert frames.shape[0] == manifest.raw["stats"]["count"]
+    assert frames.shape[0] == manifest.stats.count
     torch.testing.assert_close(
         frames.mean(0), torch.zeros(324, dtype=torch.float64), atol=2e-3, rtol=0
     )
@@ -208,21 +177,6 @@ def test_cmvn_uses_manifest_stats(few_shard_set):
         frames.std(0), torch.ones(324, dtype=torch.float64), atol=2e-2, rtol=0
     )
     assert not torch.equal(model_input(batch), batch.features)
-
-
-def test_preset_mismatch_is_refused(few_shard_set):
-    manifest = read_manifest(str(few_shard_set))
-    with pytest.raises(ValueError, match="logmel128"):
-        check_preset(manifest, "logmel128", 128)
-    check_preset(manifest, "musicoder324", 324)
-
-
-def test_missing_and_malformed_manifest(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manifest"):
-        read_manifest(str(tmp_path))
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(ShardFormatError, match="manifest.json"):
-        read_manifest(str(tmp_path / "manifest.json"))
 
 
 def test_unreadable_shard_is_skipped_and_counts_stay_equal(few_shard_set, tmp_path, caplog):

@@ -1,4 +1,4 @@
-"""Tests for musicoder/sharding/tarwriter.py: deterministic headers and bytes, clean failure."""
+"""Tests for musicoder/shardset/writer.py: deterministic headers and bytes, clean failure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from musicoder.sharding.tarwriter import TAR_MODE, TAR_UNAME, ShardTarWriter
+from musicoder.shardset.writer import TAR_MODE, TAR_UNAME, ShardTarWriter
 
 MEMBERS = [
     ("k0_00000.feat.npy", b"\x93NUMPY" + bytes(100)),

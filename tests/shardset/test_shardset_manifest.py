@@ -1,4 +1,5 @@
-"""Tests for musicoder/sharding/manifest.py: index round trip, order-independent merge, stats."""
+"""Tests for musicoder/shardset/manifest.py and index.py: index round trip, order-independent
+merge, stats, and reading a manifest back (typed fields, clear errors)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from musicoder.sharding.manifest import (
+from musicoder.shardset.format import ShardFormatError
+from musicoder.shardset.index import ShardSummary
+from musicoder.shardset.manifest import (
     ManifestBuilder,
-    ShardSummary,
+    check_preset,
+    read_manifest,
     reject_fraction,
     rejects_jsonl,
 )
@@ -119,3 +123,27 @@ def test_index_round_trip_and_rejects_jsonl():
         ShardSummary.from_index({"name": "x"})
     text = rejects_jsonl([{"uri": "/ñ.wav", "reason": "r", "error": "E"}])
     assert text == '{"error": "E", "reason": "r", "uri": "/ñ.wav"}\n'
+
+
+def test_preset_mismatch_is_refused(few_shard_set):
+    manifest = read_manifest(str(few_shard_set))
+    with pytest.raises(ValueError, match="logmel128"):
+        check_preset(manifest, "logmel128", 128)
+    check_preset(manifest, "musicoder324", 324)
+
+
+def test_read_manifest_gives_typed_stats(few_shard_set):
+    raw = json.loads((few_shard_set / "manifest.json").read_text())
+    for uri in (str(few_shard_set), str(few_shard_set / "manifest.json")):
+        manifest = read_manifest(uri)
+        assert manifest.stats.to_dict() == {k: raw["stats"][k] for k in ("mean", "std")}
+        assert manifest.stats.count == raw["stats"]["count"] and manifest.counts == raw["counts"]
+        assert [r.uri for r in manifest.train][0] == str(few_shard_set / "shard-000000.tar")
+
+
+def test_missing_and_malformed_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ShardFormatError, match="manifest.json"):
+        read_manifest(str(tmp_path / "manifest.json"))

@@ -1,4 +1,4 @@
-"""Deterministic tar writing for WebDataset shards (DESIGN §5, STYLE 10).
+"""The one tar writer of shard format v1: deterministic WebDataset tars (DESIGN §5, STYLE 10).
 
 The same members added in the same order give byte-identical tars: every header has
 ``mtime=0``, uid/gid 0, a fixed uname/gname and mode, and the USTAR format (no PAX records whose

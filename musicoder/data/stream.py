@@ -1,16 +1,16 @@
 """Streaming training batches from WebDataset shards (DESIGN §5, §7).
 
-Reads a shard set through its `manifest.json` (local folder or `s3://` prefix, via
-`musicoder.storage.open_read`, never a shell pipe) with `musicoder.samples`' sequential tar
-reader, and turns it into `Batch` objects with their masks drawn (applied later, on the
-training device, by `model_input`) inside DataLoader workers.
+Reads a shard set through its manifest (`musicoder.shardset.manifest`; local folder or `s3://`
+prefix, via `musicoder.storage.open_read`, never a shell pipe) with the shard format's one tar
+reader (`musicoder.shardset.reader`), and turns it into `Batch` objects with their masks drawn
+(applied later, on the training device, by `model_input`) inside DataLoader workers.
 
-Every rank yields exactly the same number of batches per epoch: `musicoder.shardset.plan_epoch`
+Every rank yields exactly the same number of batches per epoch: `musicoder.data.plan.plan_epoch`
 gives each (rank, worker) slot its shards and a batch quota; a slot that runs dry re-draws from
 its shards (then from all shards) instead of stopping early.
 
-Samples are read and decoded by `musicoder.samples` (sequential tar reading, npy header parsed
-without pickle, `np.frombuffer` views, JSON). A worker keeps each clip as stored (float16) until
+Samples are decoded and checked by `musicoder.shardset.sample` (npy header parsed without
+pickle, `np.frombuffer` views, JSON). A worker keeps each clip as stored (float16) until
 it is cropped, then copies the crops straight into one preallocated float32 batch (converting
 on the copy; in a DataLoader worker that batch lives in shared memory, so handing it to the
 trainer copies nothing) and normalizes them there in place, `x * inv_std - mean * inv_std`.
@@ -26,7 +26,6 @@ the stream, so the epoch and the per-worker resume skips live in a small shared-
 from __future__ import annotations
 
 import logging
-import math
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,29 +35,15 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from musicoder import storage
+from musicoder.data.collate import collate
+from musicoder.data.plan import WorkerPlan, derive_seed, plan_epoch
+from musicoder.features import STD_FLOOR
 from musicoder.model import Batch, MaskingConfig
 from musicoder.model.masking import draw_masks
-from musicoder.samples import BufferPool, ShardFormatError, decode_sample, iter_samples
-from musicoder.shardset import (
-    Manifest,
-    ShardRef,
-    WorkerPlan,
-    check_preset,
-    derive_seed,
-    plan_epoch,
-    read_manifest,
-)
-
-__all__ = [  # re-exported: part of this module's API
-    "Manifest",
-    "ShardFormatError",
-    "ShardRef",
-    "check_preset",
-    "decode_sample",
-    "derive_seed",
-    "plan_epoch",
-    "read_manifest",
-]
+from musicoder.shardset.format import ShardFormatError
+from musicoder.shardset.manifest import Manifest
+from musicoder.shardset.reader import BufferPool, iter_samples
+from musicoder.shardset.sample import decode_sample
 
 log = logging.getLogger(__name__)
 
@@ -120,40 +105,6 @@ class _Reading:
     samples: int = 0  # bad samples skipped
 
 
-def _empty_float32(*shape: int) -> torch.Tensor:
-    """An uninitialized float32 tensor; inside a DataLoader worker it is allocated in shared
-    memory, so sending it to the training process moves a handle, not the data (as torch's
-    `default_collate` does)."""
-    if get_worker_info() is None:
-        return torch.empty(shape)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-    return torch.empty(0).set_(storage, 0, shape)
-
-
-def collate(
-    clips: Sequence[np.ndarray | torch.Tensor],
-    *,
-    mean: torch.Tensor | None = None,
-    inv_std: torch.Tensor | None = None,
-) -> Batch:
-    """Copy clips `[(T_i, C)]` (any float dtype) into one preallocated float32 batch padded with
-    zeros to the longest, marking real frames in `valid`; with `mean` and `inv_std` (C,), each
-    clip is normalized in place there, `(x - mean) * inv_std` as one fused multiply-add.
-    """
-    lengths = [int(clip.shape[0]) for clip in clips]
-    b, t = len(clips), max(lengths)
-    features = _empty_float32(b, t, clips[0].shape[1])  # (B, T, C)
-    shift = None if mean is None else -mean * inv_std
-    for i, (clip, n) in enumerate(zip(clips, lengths, strict=True)):
-        rows = features[i, :n]
-        rows.copy_(torch.as_tensor(clip))  # float16 -> float32 on the copy (faster than numpy)
-        if shift is not None:
-            torch.addcmul(shift, rows, inv_std, out=rows)  # one pass, in cache after the copy
-        features[i, n:].zero_()
-    valid = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
-    return Batch(features=features, valid=valid)
-
-
 def _identity(item):
     return item
 
@@ -189,8 +140,10 @@ class ShardStream(IterableDataset):
         self._position = torch.zeros(1 + self.num_workers, dtype=torch.int64)
         if config.num_workers:
             self._position.share_memory_()
-        self._mean = torch.from_numpy(manifest.mean) if config.normalize else None
-        self._inv_std = torch.from_numpy(1.0 / manifest.std) if config.normalize else None
+        stats = manifest.stats
+        std = np.maximum(stats.std.astype(np.float32), STD_FLOOR)  # (C,)
+        self._mean = torch.from_numpy(stats.mean.astype(np.float32)) if config.normalize else None
+        self._inv_std = torch.from_numpy(1.0 / std) if config.normalize else None
         self.batches_per_epoch = sum(plan.batches for plan in self._plans(0))  # same every epoch
 
     def _plans(self, epoch: int) -> list[WorkerPlan]:
@@ -360,7 +313,7 @@ class ShardStream(IterableDataset):
         with storage.open_read(uri) as f:
             for sample in iter_samples(f, uri, alloc=reading.pool.take):
                 try:
-                    yield decode_sample(sample, self.manifest.channels, self.config.preset)
+                    yield decode_sample(sample, self.manifest.channels, self.config.preset)[0]
                 except ShardFormatError as exc:
                     reading.samples += 1
                     log.warning("skipping bad sample in %s: %s", uri, exc)

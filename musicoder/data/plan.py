@@ -1,5 +1,5 @@
-"""A shard set as the loader sees it: its `manifest.json` and each epoch's split of its samples
-among ranks and loader workers (DESIGN §5, §7). Pure Python and numpy, no torch.
+"""Each epoch's split of a shard set's samples among ranks and loader workers (DESIGN §7), and
+the seeds derived from (seed, epoch, rank, worker, ...). Pure Python and numpy, no torch.
 
 Why the planning is explicit rather than `wds.split_by_node`: collectives hang when ranks take
 different numbers of steps, so every rank must yield exactly floor(total / world / batch) batches
@@ -11,43 +11,10 @@ every slot reads every shard and keeps the samples whose global index falls on i
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from musicoder import storage
-from musicoder.samples import ShardFormatError
-
-log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-SHARD_FORMAT = "musicoder-shards"
-SHARD_FORMAT_VERSION = 1
-STD_FLOOR = 1e-5  # constant channels (e.g. a silent CQT bin) must not divide by zero
-
-
-@dataclass(frozen=True)
-class ShardRef:
-    """One shard listed in the manifest."""
-
-    uri: str
-    samples: int
-
-
-@dataclass
-class Manifest:
-    """The parts of `manifest.json` the loader needs."""
-
-    uri: str
-    preset: str
-    channels: int
-    train: list[ShardRef]
-    val: list[ShardRef]
-    mean: np.ndarray  # (C,) float32
-    std: np.ndarray  # (C,) float32
-    raw: dict
 
 
 @dataclass(frozen=True)
@@ -58,73 +25,6 @@ class WorkerPlan:
     stride: int  # keep samples whose global index % stride == offset (1 = keep all)
     offset: int
     batches: int  # exactly this many batches
-
-
-def read_manifest(uri: str) -> Manifest:
-    """Read and validate a shard set's manifest.
-
-    Args:
-        uri: `manifest.json` or the folder / prefix that holds it.
-
-    Returns:
-        The parsed manifest with shard URIs resolved against its folder.
-
-    Raises:
-        FileNotFoundError: no manifest (the shard set is missing or incomplete).
-        ShardFormatError: wrong format or version, or missing fields.
-    """
-    base = uri.rstrip("/")
-    if base.endswith(".json"):
-        path, base = base, base.rsplit("/", 1)[0] if "/" in base else "."
-    else:
-        path = storage.join(base, MANIFEST_NAME)
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no manifest; the shard set is missing or not complete")
-    raw = storage.read_json(path)
-    if raw.get("format") != SHARD_FORMAT or raw.get("format_version") != SHARD_FORMAT_VERSION:
-        raise ShardFormatError(
-            f"{path}: not a {SHARD_FORMAT} v{SHARD_FORMAT_VERSION} manifest "
-            f"(format={raw.get('format')!r}, version={raw.get('format_version')!r})"
-        )
-    try:
-        channels = int(raw["channels"])
-        mean = np.asarray(raw["stats"]["mean"], dtype=np.float32)
-        std = np.asarray(raw["stats"]["std"], dtype=np.float32)
-        refs = {
-            split: [
-                ShardRef(storage.join(base, s["name"]), int(s["samples"]))
-                for s in raw.get(split, [])
-            ]
-            for split in ("train", "val")
-        }
-        preset = str(raw["preset"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ShardFormatError(f"{path}: malformed manifest ({exc!r})") from exc
-    if mean.shape != (channels,) or std.shape != (channels,):
-        raise ShardFormatError(f"{path}: stats must have {channels} channels")
-    return Manifest(
-        uri=path,
-        preset=preset,
-        channels=channels,
-        train=refs["train"],
-        val=refs["val"],
-        mean=mean,
-        std=np.maximum(std, STD_FLOOR),
-        raw=raw,
-    )
-
-
-def check_preset(manifest: Manifest, preset: str, input_dim: int) -> None:
-    """Refuse shards made with another feature preset than the model expects.
-
-    Raises:
-        ValueError: naming the manifest, both presets and channel counts.
-    """
-    if manifest.preset != preset or manifest.channels != input_dim:
-        raise ValueError(
-            f"{manifest.uri}: shards use preset {manifest.preset!r} ({manifest.channels} channels) "
-            f"but the run expects preset {preset!r} with model input_dim {input_dim}"
-        )
 
 
 def derive_seed(*parts: int) -> int:

@@ -1,102 +1,136 @@
-"""Shard index and manifest formats (DESIGN §5), and the merge of shard results into a manifest.
+"""The manifest of a shard set (DESIGN §5): reading it (`read_manifest`, for the loader and
+`downstream/embed.py`) and writing it (`ManifestBuilder`, for the sharding driver).
 
-Each shard task returns a :class:`ShardSummary` and writes the same facts (plus its sample keys)
-as the shard's index JSON; a resumed job reads the summaries of finished shards back from their
-indexes. :class:`ManifestBuilder` merges summaries strictly in plan order, whatever order they
+:class:`ManifestBuilder` merges shard summaries strictly in plan order, whatever order they
 arrive in, so the float64 sums and therefore ``manifest.json`` are identical between a clean run
 and an interrupted-and-resumed one. Only shards with at least one sample are listed, and the
 normalization stats cover the train shards only (validation frames must not leak into them).
+Readers get typed fields (:class:`Manifest`, :class:`NormStats`), never the raw JSON.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 import musicoder
+from musicoder import storage
+from musicoder.shardset.format import (
+    MANIFEST_NAME,
+    SHARD_FORMAT,
+    SHARD_FORMAT_VERSION,
+    SPLITS,
+    ShardFormatError,
+)
+from musicoder.shardset.index import ShardSummary
 
-MANIFEST_NAME = "manifest.json"
-REJECTS_NAME = "rejects.jsonl"
-MANIFEST_FORMAT = "musicoder-shards"
-MANIFEST_FORMAT_VERSION = 1
-TAR_SUFFIX = ".tar"
-INDEX_SUFFIX = ".json"
-SPLITS = ("train", "val")
 
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard listed in the manifest."""
 
-@dataclass(kw_only=True)
-class ShardSummary:
-    """What one finished shard holds; mirrors its index JSON without the per-sample lists."""
-
-    name: str  # tar name, e.g. "shard-000000.tar"
-    split: str
+    uri: str
     samples: int
-    frames: int
-    seconds: float
-    bytes: int
-    sha256: str
-    sum: list[float]  # float64 per-channel sum over all frames of the shard
-    sumsq: list[float]
-    count: int  # frames summed
-    accepted: int
-    rejected: int
-    truncated: int
-    rejects: list[dict] = field(default_factory=list)  # {"uri", "reason", "error"}
-    task_seconds: float = 0.0  # wall time of the task; not part of the index (not deterministic)
 
-    def to_index(self, keys: list[str], sample_frames: list[int]) -> dict:
-        """The shard's index JSON (INTERFACES.md, "Shard format v1")."""
-        return {
-            "name": self.name,
-            "split": self.split,
-            "samples": self.samples,
-            "frames": self.frames,
-            "seconds": self.seconds,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-            "keys": keys,
-            "sample_frames": sample_frames,
-            "sum": self.sum,
-            "sumsq": self.sumsq,
-            "count": self.count,
-            "files": {
-                "accepted": self.accepted,
-                "rejected": self.rejected,
-                "truncated": self.truncated,
-            },
-            "rejects": self.rejects,
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per-channel normalization statistics of the train shards, float64 as stored."""
+
+    mean: np.ndarray  # (C,) float64
+    std: np.ndarray  # (C,) float64; may hold zeros (constant channels): floor before dividing
+    count: int  # frames they were computed over
+
+    def to_dict(self) -> dict:
+        """`{"mean": [...], "std": [...]}`: what checkpoints and exports record."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+@dataclass
+class Manifest:
+    """A shard set's `manifest.json` as readers need it."""
+
+    uri: str
+    preset: str
+    feature: dict  # the preset's parameters
+    channels: int
+    train: list[ShardRef]
+    val: list[ShardRef]
+    stats: NormStats
+    counts: dict  # inputs, accepted, rejected, truncated, segments, frames, hours
+
+
+def read_manifest(uri: str) -> Manifest:
+    """Read and validate a shard set's manifest.
+
+    Args:
+        uri: `manifest.json` or the folder / prefix that holds it.
+
+    Returns:
+        The parsed manifest with shard URIs resolved against its folder.
+
+    Raises:
+        FileNotFoundError: no manifest (the shard set is missing or incomplete).
+        ShardFormatError: wrong format or version, or missing fields.
+    """
+    base = uri.rstrip("/")
+    if base.endswith(".json"):
+        path, base = base, storage.parent(base)
+    else:
+        path = storage.join(base, MANIFEST_NAME)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path}: no manifest; the shard set is missing or not complete")
+    raw = storage.read_json(path)
+    if raw.get("format") != SHARD_FORMAT or raw.get("format_version") != SHARD_FORMAT_VERSION:
+        raise ShardFormatError(
+            f"{path}: not a {SHARD_FORMAT} v{SHARD_FORMAT_VERSION} manifest "
+            f"(format={raw.get('format')!r}, version={raw.get('format_version')!r})"
+        )
+    try:
+        channels = int(raw["channels"])
+        stats = NormStats(
+            mean=np.asarray(raw["stats"]["mean"], dtype=np.float64),
+            std=np.asarray(raw["stats"]["std"], dtype=np.float64),
+            count=int(raw["stats"].get("count", 0)),
+        )
+        refs = {
+            split: [
+                ShardRef(storage.join(base, s["name"]), int(s["samples"]))
+                for s in raw.get(split, [])
+            ]
+            for split in SPLITS
         }
+        preset = str(raw["preset"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ShardFormatError(f"{path}: malformed manifest ({exc!r})") from exc
+    if stats.mean.shape != (channels,) or stats.std.shape != (channels,):
+        raise ShardFormatError(f"{path}: stats must have {channels} channels")
+    return Manifest(
+        uri=path,
+        preset=preset,
+        feature=dict(raw.get("feature") or {}),
+        channels=channels,
+        train=refs["train"],
+        val=refs["val"],
+        stats=stats,
+        counts=dict(raw.get("counts") or {}),
+    )
 
-    @classmethod
-    def from_index(cls, index: dict) -> ShardSummary:
-        """Rebuild a summary from a shard index read back from storage.
 
-        Raises:
-            ValueError: a required field is missing.
-        """
-        try:
-            files = index["files"]
-            return cls(
-                name=index["name"],
-                split=index["split"],
-                samples=index["samples"],
-                frames=index["frames"],
-                seconds=index["seconds"],
-                bytes=index["bytes"],
-                sha256=index["sha256"],
-                sum=index["sum"],
-                sumsq=index["sumsq"],
-                count=index["count"],
-                accepted=files["accepted"],
-                rejected=files["rejected"],
-                truncated=files["truncated"],
-                rejects=index["rejects"],
-            )
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"shard index {index.get('name', '?')}: missing field {e}") from None
+def check_preset(manifest: Manifest, preset: str, input_dim: int) -> None:
+    """Refuse shards made with another feature preset than the model expects.
+
+    Raises:
+        ValueError: naming the manifest, both presets and channel counts.
+    """
+    if manifest.preset != preset or manifest.channels != input_dim:
+        raise ValueError(
+            f"{manifest.uri}: shards use preset {manifest.preset!r} ({manifest.channels} channels) "
+            f"but the run expects preset {preset!r} with model input_dim {input_dim}"
+        )
 
 
 class ManifestBuilder:
@@ -195,8 +229,8 @@ class ManifestBuilder:
         """The content of ``manifest.json``; ``created`` is its only time field."""
         assert self.complete, "manifest requested before every shard was merged"
         return {
-            "format": MANIFEST_FORMAT,
-            "format_version": MANIFEST_FORMAT_VERSION,
+            "format": SHARD_FORMAT,
+            "format_version": SHARD_FORMAT_VERSION,
             "preset": preset,
             "feature": feature,
             "channels": channels,
@@ -219,8 +253,3 @@ def rejects_jsonl(rejects: list[dict]) -> str:
 def reject_fraction(counts: dict) -> float:
     """Rejected share of the inputs (0 when there are none)."""
     return counts["rejected"] / counts["inputs"] if counts["inputs"] else 0.0
-
-
-def hours(seconds: float) -> str:
-    """Human duration: '1.25 h' or '12.5 min'."""
-    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
