@@ -29,7 +29,8 @@ from musicoder.downstream.cache import track_features
 from musicoder.downstream.config import EmbedConfig
 from musicoder.downstream.sources import AUDIO_EXTENSIONS, Skip, csv_text
 from musicoder.downstream.tasks import warn_skips
-from musicoder.encoder_api import load_encoder, pool_track, resolve_device
+from musicoder.model.pooling import pool_track
+from musicoder.pretrained import load_encoder, resolve_device
 from musicoder.shardset.format import MANIFEST_NAME, ShardFormatError
 from musicoder.shardset.manifest import Manifest, read_manifest
 from musicoder.shardset.reader import iter_samples

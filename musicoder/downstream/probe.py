@@ -26,7 +26,7 @@ from torch import nn
 
 from musicoder.downstream.config import GENRE, TrainConfig
 from musicoder.downstream.metrics import aggregate_tracks, mean_log_loss
-from musicoder.encoder_api import DEFAULT_POOLING, pad_chunks, pool_layers
+from musicoder.model.pooling import DEFAULT_POOLING, pad_chunks, pool_layers
 from musicoder.model import MusiCoderEncoder
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,8 @@ from musicoder.downstream.probe import (
 )
 from musicoder.downstream.sources import Skip, csv_text
 from musicoder.downstream.tasks import TaskData, Track, load_task, warn_skips
-from musicoder.encoder_api import Encoder, chunk_bounds, load_encoder, resolve_device
+from musicoder.model.pooling import chunk_bounds
+from musicoder.pretrained import Encoder, load_encoder, resolve_device
 
 log = logging.getLogger(__name__)
 

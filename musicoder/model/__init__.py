@@ -1,13 +1,13 @@
 """MusiCoder model: config and variants, the `Batch` contract, encoder, reconstruction head,
-CFM/CCM masking, the reconstruction loss, FLOP counts and encoder export (DESIGN §6).
+CFM/CCM masking, the reconstruction loss, pooling over time and FLOP counts (DESIGN §6).
 
-Nothing here does distributed work or knows about DeepSpeed; only `export` touches storage.
+Nothing here does I/O or distributed work, or knows about DeepSpeed: exports are written and
+read by `musicoder.pretrained`.
 """
 
 from musicoder.model.batch import Batch
 from musicoder.model.config import VARIANTS, MusiCoderConfig, variant_config
 from musicoder.model.encoder import EncoderOutput, MusiCoderEncoder
-from musicoder.model.export import load_encoder_weights, save_encoder
 from musicoder.model.flops import count_parameters, flops_per_frame
 from musicoder.model.heads import ModelOutput, MusiCoder, ReconstructionHead
 from musicoder.model.loss import LossOutput, reconstruction_loss
@@ -35,11 +35,9 @@ __all__ = [
     "count_parameters",
     "draw_masks",
     "flops_per_frame",
-    "load_encoder_weights",
     "mask_channels",
     "mask_frames",
     "model_input",
     "reconstruction_loss",
-    "save_encoder",
     "variant_config",
 ]

@@ -193,7 +193,8 @@ def export_encoder(path: str, out_dir: str) -> str:
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from musicoder.model import MusiCoder, MusiCoderConfig, save_encoder
+    from musicoder.model import MusiCoder, MusiCoderConfig
+    from musicoder.pretrained import save_encoder
     from musicoder.training.setup import PretrainConfig
 
     ckpt_dir, tag = resolve_checkpoint(path)

@@ -1,32 +1,47 @@
-"""The user-facing encoder: `musicoder.load_encoder(DIR).embed(waveform)` (DESIGN §8, §11).
+"""Exported encoders (DESIGN §7, §8, §11): writing and reading `encoder.safetensors` +
+`config.json` (no pickle), and the user-facing `musicoder.load_encoder(DIR).embed(waveform)`.
 
-An export (`encoder.safetensors` + `config.json`) carries the model config, the feature preset
-and the normalization stats of the pre-training corpus, so a waveform goes through exactly the
-pipeline the encoder was trained on: features → normalization → encoder → pooled vector.
-`downstream/` uses the same object for probing, fine-tuning and embedding, so every consumer
-normalizes, chunks and pools the same way.
+An export carries the model config, the feature preset and the normalization stats of the
+pre-training corpus, so a waveform goes through exactly the pipeline the encoder was trained on:
+features → normalization → encoder → pooled vector (`musicoder.model.pooling`). `downstream/`
+uses the same `Encoder` for probing, fine-tuning and embedding, so every consumer normalizes,
+chunks and pools the same way. All export I/O lives here, so `musicoder.model` does none.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 import torchaudio.functional as AF
+from torch import nn
 
+from musicoder import storage
 from musicoder.audio import SAMPLE_RATE
-from musicoder.features import extract_features, num_channels, preset_config
-from musicoder.model import MusiCoderConfig, MusiCoderEncoder, load_encoder_weights
+from musicoder.features import STD_FLOOR, extract_features, num_channels, preset_config
+from musicoder.model import MusiCoder, MusiCoderConfig, MusiCoderEncoder
+from musicoder.model.pooling import (
+    DEFAULT_POOLING,
+    check_pooling,
+    chunk_bounds,
+    pad_chunks,
+    pool_layers,
+    pool_track,
+)
 
 log = logging.getLogger(__name__)
 
-STD_FLOOR = 1e-5  # constant channels in the corpus stats would otherwise divide by ~0
-VAR_FLOOR = 1e-12  # pooled variances are clamped here before the square root
+EXPORT_FORMAT = "musicoder-encoder"
+EXPORT_FORMAT_VERSION = 1
+WEIGHTS_FILE = "encoder.safetensors"
+CONFIG_FILE = "config.json"
+RESERVED_KEYS = ("format", "format_version", "model")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -38,107 +53,123 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
-def chunk_bounds(num_frames: int, window: int) -> list[tuple[int, int]]:
-    """Splits `num_frames` into the fewest near-equal chunks of at most `window` frames.
-
-    Equal chunks (sizes differ by at most one) avoid a tiny trailing chunk whose prediction
-    would weigh as much as a full one when chunk predictions are averaged per track.
-    """
-    if num_frames < 1 or window < 1:
-        raise ValueError(
-            f"chunk_bounds: need num_frames >= 1 and window >= 1, got {num_frames}, {window}"
-        )
-    count = math.ceil(num_frames / window)
-    edges = [round(i * num_frames / count) for i in range(count + 1)]
-    return list(itertools.pairwise(edges))
+def _encoder_of(model_or_encoder: nn.Module) -> MusiCoderEncoder:
+    if isinstance(model_or_encoder, MusiCoder):
+        return model_or_encoder.encoder
+    if isinstance(model_or_encoder, MusiCoderEncoder):
+        return model_or_encoder
+    name = type(model_or_encoder).__name__
+    raise TypeError(f"save_encoder: expected MusiCoder or MusiCoderEncoder, got {name}")
 
 
-def pad_chunks(chunks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pads `[T_i, C]` chunks into one batch.
-
-    Returns:
-        `(features, valid)`: `(B, T, C)` float32 zero-padded and `(B, T)` bool, True = real frame.
-    """
-    longest = max(c.shape[0] for c in chunks)
-    features = chunks[0].new_zeros((len(chunks), longest, chunks[0].shape[1]), dtype=torch.float32)
-    valid = torch.zeros((len(chunks), longest), dtype=torch.bool, device=chunks[0].device)
-    for i, chunk in enumerate(chunks):
-        features[i, : chunk.shape[0]] = chunk
-        valid[i, : chunk.shape[0]] = True
-    return features, valid
-
-
-POOLINGS = ("meanstd", "mean")
-DEFAULT_POOLING = "meanstd"
-
-
-def check_pooling(pooling: str) -> str:
-    """Returns `pooling` if it is a known pooling, else raises a one-line ValueError."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling: must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    return pooling
-
-
-def pool_layers(
-    model: MusiCoderEncoder,
-    features: torch.Tensor,
-    valid: torch.Tensor,
-    *,
-    pooling: str = DEFAULT_POOLING,
-) -> torch.Tensor:
-    """Pools every hidden state over the valid frames of each chunk.
+def save_encoder(model_or_encoder: nn.Module, out_dir: str, *, extra: dict[str, Any]) -> None:
+    """Write `out_dir/encoder.safetensors` (float32) and then `out_dir/config.json`.
 
     Args:
-        model: The encoder.
-        features: `(B, T, C)` normalized features.
-        valid: `(B, T)` bool, True = real frame.
-        pooling: `meanstd`: mean and standard deviation over time, concatenated (statistics
-            pooling; the default, see docs/decisions.md); `mean`: the mean only.
+        model_or_encoder: A `MusiCoder` (its encoder is exported) or a `MusiCoderEncoder`.
+        out_dir: Local directory or storage URI.
+        extra: JSON-serializable keys added to config.json, normally `preset`, `feature`
+            (FeatureConfig as a dict) and `stats` ({"mean": [...], "std": [...]}).
+
+    Raises:
+        TypeError: Not a MusiCoder model or encoder.
+        ValueError: `extra` uses a reserved key (format, format_version, model).
+    """
+    encoder = _encoder_of(model_or_encoder)
+    clash = [key for key in RESERVED_KEYS if key in extra]
+    if clash:
+        raise ValueError(f"save_encoder: extra must not set reserved key(s) {clash}")
+    tensors = {
+        name: (t.detach().float() if t.is_floating_point() else t.detach()).cpu().contiguous()
+        for name, t in encoder.state_dict().items()
+    }
+    metadata = {"format": EXPORT_FORMAT, "format_version": str(EXPORT_FORMAT_VERSION)}
+    storage.write_bytes(
+        storage.join(out_dir, WEIGHTS_FILE), safetensors.torch.save(tensors, metadata=metadata)
+    )
+    config = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "model": encoder.config.to_dict(),
+        **extra,
+    }
+    # Written last: a config.json means the weights beside it are complete.
+    storage.write_json(storage.join(out_dir, CONFIG_FILE), config)
+    log.info("exported encoder (%d tensors) to %s", len(tensors), out_dir)
+
+
+def _export_paths(dir_or_file: str) -> tuple[str, str]:
+    """(weights URI, config URI) for an export dir or a `.safetensors` path."""
+    if dir_or_file.endswith(".safetensors"):
+        return dir_or_file, storage.join(storage.parent(dir_or_file), CONFIG_FILE)
+    return storage.join(dir_or_file, WEIGHTS_FILE), storage.join(dir_or_file, CONFIG_FILE)
+
+
+def _read_tensors(uri: str) -> dict[str, torch.Tensor]:
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"{uri}: encoder weights not found")
+    try:
+        if storage.is_local(uri):  # memory-mapped, no second copy of a multi-GB file
+            return safetensors.torch.load_file(str(storage.local_path(uri)))
+        return safetensors.torch.load(storage.read_bytes(uri))
+    except safetensors.SafetensorError as err:
+        raise ValueError(f"{uri}: not a readable safetensors file ({err})") from err
+
+
+def check_tensors(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str
+) -> None:
+    """Raise a one-line ValueError naming `source` and the first missing, extra or misshapen
+    tensor."""
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ValueError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        count = len(unexpected)
+        raise ValueError(f"{source}: unexpected tensor {unexpected[0]!r} ({count} in all)")
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape:
+            raise ValueError(
+                f"{source}: tensor {name!r} has shape {tuple(got.shape)} but config.json "
+                f"implies {tuple(want.shape)}"
+            )
+
+
+def load_encoder_weights(dir_or_file: str) -> tuple[MusiCoderEncoder, dict[str, Any]]:
+    """Load an exported encoder without DeepSpeed or pickle.
+
+    Args:
+        dir_or_file: Export directory (local or URI), or a `.safetensors` path with
+            `config.json` beside it.
 
     Returns:
-        `(B, L + 1, D)`: the input embedding and each layer's output, pooled over time;
-        D = 2H for `meanstd` (`[..., :H]` is the mean), H for `mean`.
+        (encoder in eval mode on CPU, float32; the whole config.json as a dict).
+
+    Raises:
+        FileNotFoundError: Weights or config.json missing.
+        ValueError: Wrong format, invalid model config, or tensors that do not match it.
     """
-    hidden = model(features, valid, output_hidden_states=True).hidden_states
-    stacked = torch.stack(hidden, dim=1)  # (B, L+1, T, H)
-    weights = valid.to(stacked.dtype)[:, None, :, None]  # (B, 1, T, 1)
-    count = weights.sum(dim=2).clamp(min=1.0)
-    mean = (stacked * weights).sum(dim=2) / count  # (B, L+1, H)
-    if check_pooling(pooling) == "mean":
-        return mean
-    var = ((stacked - mean[:, :, None]).square() * weights).sum(dim=2) / count
-    # Clamped: a one-frame chunk has variance 0, where sqrt's gradient is infinite (NaN when
-    # fine-tuning); clamp passes no gradient there.
-    return torch.cat([mean, var.clamp(min=VAR_FLOOR).sqrt()], dim=-1)
-
-
-def pool_track(
-    states: torch.Tensor,
-    num_frames: int,
-    window: int,
-    *,
-    layer: int = -1,
-    pooling: str = DEFAULT_POOLING,
-) -> torch.Tensor:
-    """One vector per track from its per-chunk pooled states `(n_chunks, L + 1, D)` → `[D]`.
-
-    Chunks are weighted by their length, so the result is `layer`'s statistics over every frame
-    of the track: the mean over all frames, and for `meanstd` (states from `pool_layers` with
-    the same `pooling`) the standard deviation over all frames, chunk variances and the spread
-    of chunk means combined.
-    """
-    lengths = torch.tensor(
-        [e - s for s, e in chunk_bounds(num_frames, window)], dtype=torch.float32
-    )
-    share = (lengths / lengths.sum())[:, None]  # (n_chunks, 1)
-    chunks = states[:, layer]  # (n_chunks, D)
-    if check_pooling(pooling) == "mean" or len(chunks) == 1:
-        return (chunks * share).sum(0)
-    hidden = chunks.shape[-1] // 2
-    mean, std = chunks[:, :hidden], chunks[:, hidden:]
-    total_mean = (mean * share).sum(0)
-    total_var = ((std.square() + (mean - total_mean).square()) * share).sum(0)
-    return torch.cat([total_mean, total_var.clamp(min=VAR_FLOOR).sqrt()])
+    weights_uri, config_uri = _export_paths(dir_or_file)
+    config = storage.read_json(config_uri)
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        raise ValueError(
+            f"{config_uri}: not a MusiCoder encoder export (format != {EXPORT_FORMAT!r})"
+        )
+    if config.get("format_version") != EXPORT_FORMAT_VERSION:
+        raise ValueError(
+            f"{config_uri}: unsupported format_version {config.get('format_version')!r}, "
+            f"expected {EXPORT_FORMAT_VERSION}"
+        )
+    if not isinstance(config.get("model"), dict):
+        raise ValueError(f"{config_uri}: missing 'model' section")
+    model_config = MusiCoderConfig.from_dict(config["model"], source=config_uri)
+    tensors = _read_tensors(weights_uri)
+    encoder = MusiCoderEncoder(model_config)
+    check_tensors(tensors, encoder.state_dict(), weights_uri)
+    encoder.load_state_dict(tensors, strict=True)
+    return encoder.eval(), config
 
 
 class Encoder:
