@@ -7,7 +7,7 @@
 Training: `MusiCoder` under `deepspeed.initialize` with `configs/deepspeed/zero2.json` (the
 optimizer switched to torch's AdamW so no DeepSpeed op is JIT-compiled), one rank, synthetic
 masked batches (random features, the real CFM/CCM masking; no shards, no loader), bf16, the same
-forward/loss/backward/step calls as `musicoder.train`. After warm-up steps, timed steps give
+forward/loss/backward/step calls as `musicoder.training.train`. After warm-up steps, timed steps give
 frames/s, model TFLOP/s from `flops_per_frame` and MFU against the dense bf16 datasheet peak
 (989 TFLOP/s for H100 and H200 SXM). Features: `extract_features` on a batch of 30 s waveforms
 on the device, in x realtime (audio seconds per wall second). One JSON line per measurement.

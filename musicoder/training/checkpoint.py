@@ -195,7 +195,7 @@ def export_encoder(path: str, out_dir: str) -> str:
 
     from musicoder.model import MusiCoder, MusiCoderConfig
     from musicoder.pretrained import save_encoder
-    from musicoder.training.setup import PretrainConfig
+    from musicoder.training.config import PretrainConfig
 
     ckpt_dir, tag = resolve_checkpoint(path)
     state = read_state(ckpt_dir, tag)

@@ -16,26 +16,27 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Any, Literal
 
 import torch
 
 from musicoder.data.plan import derive_seed
-from musicoder.data.stream import DataPosition, ShardStream, make_loader
+from musicoder.data.stream import ShardStream, make_loader
 from musicoder.model import (
     MusiCoder,
     flops_per_frame,
     model_input,
     reconstruction_loss,
 )
-from musicoder.shardset.manifest import check_preset, read_manifest
+from musicoder.shardset.manifest import Manifest, check_preset, read_manifest
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
-from musicoder.training.setup import PretrainConfig, TrainConfig, default_single_process_env
+from musicoder.training.config import PretrainConfig
 from musicoder.training.tb import TrainLogger
 
-__all__ = ["PretrainConfig", "Pretrainer", "TrainConfig", "default_single_process_env", "run"]
+__all__ = ["Pretrainer", "check_inputs", "default_single_process_env", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,37 @@ def log_rank_zero(msg: str, *args: Any) -> None:
     """Log at INFO on global rank 0 only."""
     if int(os.environ.get("RANK", "0")) == 0:
         log.info(msg, *args)
+
+
+def check_inputs(config: PretrainConfig, deepspeed_config: str) -> Manifest:
+    """Check what a run is given before any process group exists, so that every rank fails
+    alike with a one-line error: the manifest (complete, readable, the model's preset) and the
+    DeepSpeed JSON (readable, no key the YAML owns).
+
+    Returns:
+        The manifest.
+
+    Raises:
+        FileNotFoundError: no manifest or DeepSpeed JSON.
+        ValueError: an unreadable or mismatched manifest, a bad DeepSpeed JSON, or fp16 on CPU.
+    """
+    tcfg = config.train
+    if tcfg.precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+    manifest = read_manifest(config.data.manifest)
+    check_preset(manifest, config.data.preset, config.model_config().input_dim)
+    build_deepspeed_config(
+        read_deepspeed_json(deepspeed_config),
+        source=deepspeed_config,
+        lr=tcfg.lr,
+        warmup_steps=tcfg.warmup_steps,
+        max_steps=tcfg.max_steps,
+        micro_batch=tcfg.micro_batch,
+        grad_accum=tcfg.grad_accum,
+        precision=tcfg.precision,
+        on_cpu=not torch.cuda.is_available(),
+    )
+    return manifest
 
 
 class Pretrainer:
@@ -79,10 +111,7 @@ class Pretrainer:
         import torch.distributed as dist
 
         cfg, tcfg = self.config, self.config.train
-        if tcfg.precision == "fp16" and not torch.cuda.is_available():
-            raise ValueError("train.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
-        manifest = read_manifest(cfg.data.manifest)  # bad input fails before any collective
-        check_preset(manifest, cfg.data.preset, self.model_config.input_dim)
+        manifest = check_inputs(cfg, self.ds_path)  # bad input fails before any collective
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         tag, universal = self._find_resume()
@@ -377,4 +406,17 @@ def run(
         trainer.close()
 
 
-__all__ = ["DataPosition", "PretrainConfig", "Pretrainer", "TrainConfig", "run"]
+def default_single_process_env() -> None:
+    """Let plain `python launch/pretrain.py` run as one rank: fill in the variables the
+    DeepSpeed launcher would set (a free loopback port when none is given)."""
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for key, value in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
+        os.environ.setdefault(key, value)

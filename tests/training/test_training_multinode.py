@@ -1,4 +1,4 @@
-"""The multi-node launch path of musicoder/train.py on one machine (issue 6, DESIGN §7).
+"""The multi-node launch path of musicoder/training/train.py on one machine (issue 6, DESIGN §7).
 
 Two `deepspeed --hostfile H --no_ssh --node_rank R` launchers, one per "node" of a hostfile that
 names this machine twice (`localhost` and `127.0.0.1`, one slot each), form one 2-rank job over

@@ -1,14 +1,12 @@
-"""What a pre-training run is given: its root config (`PretrainConfig`, the pretrain YAML) and,
-for one plain `python` process, the environment the DeepSpeed launcher would have set.
+"""The pre-training config: `PretrainConfig`, the root of the pretrain YAML, and its `train:`
+section `TrainConfig` (DESIGN §7: the YAML owns lr, steps, batch, accumulation and precision;
+the DeepSpeed JSON owns distribution, see `training/dsconfig.py`).
 
-Kept apart from `musicoder.train` so that checkpoints and tools can read a run's config without
-the trainer (DESIGN §7: the YAML owns lr, steps, batch, accumulation and precision).
+Apart from the trainer so that checkpoints and tools read a run's config without DeepSpeed.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -82,19 +80,3 @@ class PretrainConfig:
         from omegaconf import OmegaConf
 
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
-
-
-def default_single_process_env() -> None:
-    """Let plain `python launch/pretrain.py` run as one rank: fill in the variables the
-    DeepSpeed launcher would set (a free loopback port when none is given)."""
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    for key, value in (
-        ("RANK", "0"),
-        ("WORLD_SIZE", "1"),
-        ("LOCAL_RANK", "0"),
-        ("MASTER_ADDR", "127.0.0.1"),
-    ):
-        os.environ.setdefault(key, value)
