@@ -28,7 +28,7 @@ from musicoder.demo import (
 from musicoder.demo import command, stages
 from musicoder.features import num_channels, num_frames
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 IN_PROCESS = STAGES[:2]  # corpus, features: no child processes
 # The smallest corpus with train/valid/test tracks of every genre, and a few training steps.
 SMALL = ["--tracks", "18", "--seconds", "6", "--steps", "6"]

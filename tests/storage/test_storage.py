@@ -289,27 +289,6 @@ def test_failed_multipart_upload_is_aborted(s3_env, s3_server, monkeypatch, tmp_
     assert "Uploads" not in s3_admin_client(s3_server).list_multipart_uploads(Bucket=bucket)
 
 
-def test_uri_helpers(tmp_path):
-    assert storage.is_local("rel/x.wav") and storage.is_local("take:1.wav")
-    assert storage.is_local("file:///a/b") and not storage.is_local("s3://b/k")
-    assert storage.local_path("file:///a/b%20c") == storage.local_path("/a/b%20c")
-    assert str(storage.local_path("file://localhost/a")) == "/a"
-    assert storage.join("s3://b/", "x/", "y.wav") == "s3://b/x/y.wav"
-    assert storage.join("file:///d", "x") == "file:///d/x"
-    for bad, call in [
-        ("gs://b/k", storage.is_local),
-        ("s3://b/k", storage.local_path),
-        ("file://rel/x", storage.local_path),
-        ("", storage.is_local),
-    ]:
-        with pytest.raises(ValueError):
-            call(bad)
-    for part in ("../x", "a/../../b", "/etc/passwd"):
-        with pytest.raises(ValueError, match="unsafe"):
-            storage.join(str(tmp_path), part)
-    assert storage.real_key("s3://b/k") == "s3://b/k"
-
-
 def test_client_follows_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
