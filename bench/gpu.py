@@ -14,6 +14,7 @@ on the device, in x realtime (audio seconds per wall second). One JSON line per 
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,7 +29,8 @@ from musicoder.model import (
     Batch,
     MaskingConfig,
     MusiCoder,
-    apply_masking,
+    draw_masks,
+    model_input,
     flops_per_frame,
     reconstruction_loss,
     variant_config,
@@ -58,7 +60,8 @@ def synthetic_batch(batch: int, frames: int, device: torch.device) -> Batch:
         features=torch.randn(batch, frames, 324, generator=gen),
         valid=torch.ones(batch, frames, dtype=torch.bool),
     )
-    return apply_masking(clean, MaskingConfig(), gen).to(device)
+    drawn = draw_masks(clean, MaskingConfig(), gen)
+    return dataclasses.replace(drawn, masked_input=model_input(drawn)).to(device)
 
 
 def bench_training(name: str, args, device: torch.device) -> dict:

@@ -11,14 +11,7 @@ from musicoder.model.encoder import EncoderOutput, MusiCoderEncoder
 from musicoder.model.flops import count_parameters, flops_per_frame
 from musicoder.model.heads import ModelOutput, MusiCoder, ReconstructionHead
 from musicoder.model.loss import LossOutput, reconstruction_loss
-from musicoder.model.masking import (
-    MaskingConfig,
-    apply_masking,
-    draw_masks,
-    mask_channels,
-    mask_frames,
-    model_input,
-)
+from musicoder.model.masking import MaskingConfig, draw_masks, model_input
 
 __all__ = [
     "VARIANTS",
@@ -31,12 +24,9 @@ __all__ = [
     "MusiCoderConfig",
     "MusiCoderEncoder",
     "ReconstructionHead",
-    "apply_masking",
     "count_parameters",
     "draw_masks",
     "flops_per_frame",
-    "mask_channels",
-    "mask_frames",
     "model_input",
     "reconstruction_loss",
     "variant_config",

@@ -1,7 +1,7 @@
 """The `Batch` dataclass: the contract between data loading, masking, the model and the loss.
 
 Collation builds `features` and `valid`; masking fills `cfm`, `ccm` and `frame_source` (the
-loader workers, `draw_masks`) and possibly `masked_input` (`apply_masking`); the model reads
+loader workers, `draw_masks`) and possibly `masked_input`; the model reads
 `model_input(batch)` (= `masked_input`, or the masks applied to `features` on the training
 device) and `valid`; the loss reads `features`, `valid`, `cfm` and `ccm`.
 """

@@ -18,12 +18,14 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from musicoder.data.plan import derive_seed
 from musicoder.data.stream import ShardStream, make_loader
+from musicoder.model.loss import LossOutput
 from musicoder.model import (
     MusiCoder,
     flops_per_frame,
@@ -49,6 +51,33 @@ def log_rank_zero(msg: str, *args: Any) -> None:
     """Log at INFO on global rank 0 only."""
     if int(os.environ.get("RANK", "0")) == 0:
         log.info(msg, *args)
+
+
+@dataclass
+class StepMetrics:
+    """One optimizer step's loss sums over its micro batches, kept on the device (adding them
+    never waits for the device), and the valid frames the loader reported (host counts)."""
+
+    loss: torch.Tensor  # () float32: total reconstruction loss, summed over micro batches
+    cfm: torch.Tensor  # () CFM part
+    ccm: torch.Tensor  # () CCM part
+    frames: int = 0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> StepMetrics:
+        """Empty sums on `device`."""
+        return cls(*(torch.zeros((), device=device) for _ in range(3)))
+
+    def add(self, loss: LossOutput, frames: int) -> None:
+        """Add one micro batch's losses (detached) and valid frames."""
+        self.loss += loss.total.detach()
+        self.cfm += loss.cfm.detach()
+        self.ccm += loss.ccm.detach()
+        self.frames += frames
+
+    def losses(self) -> torch.Tensor:
+        """`(3,)` float64 on the device: total, CFM, CCM."""
+        return torch.stack([self.loss, self.cfm, self.ccm]).double()
 
 
 def check_inputs(config: PretrainConfig, deepspeed_config: str) -> Manifest:
@@ -248,8 +277,6 @@ class Pretrainer:
 
     def train(self) -> checkpoint.ClientState:
         """Run until `train.max_steps` or a stop signal; returns the final client state."""
-        import torch.distributed as dist
-
         tcfg, engine = self.config.train, self.engine
         self._batches = self._epochs()
         pos = self.state.position
@@ -258,7 +285,7 @@ class Pretrainer:
         engine.train()
         while self.state.step < tcfg.max_steps:
             start = time.perf_counter()
-            sums = torch.zeros(6, dtype=torch.float64)  # loss, cfm, ccm, frames, skipped, stop
+            metrics = StepMetrics.zeros(self.device)
             for micro in range(tcfg.grad_accum):
                 batch, info = next(self._batches)
                 target = batch.to(self.device)
@@ -268,22 +295,28 @@ class Pretrainer:
                 loss = reconstruction_loss(out.reconstruction.float(), target)
                 engine.backward(loss.total)
                 engine.step()
-                sums[:4] += torch.tensor(
-                    [loss.total.item(), loss.cfm.item(), loss.ccm.item(), info.frames],
-                    dtype=torch.float64,
-                )
-            sums[4], sums[5] = sum(self._skipped.values()), float(self.stop_requested)
-            sums = sums.to(self.device)
-            dist.all_reduce(sums)
-            sums = sums.cpu()
+                metrics.add(loss, info.frames)  # stays on the device: no host sync here
+            # One collective per step, as stopping must be agreed on every step anyway.
+            frames, skipped, stop = self._all_sum(
+                [metrics.frames, sum(self._skipped.values()), float(self.stop_requested)]
+            )
             elapsed = time.perf_counter() - start
             self.state.step += 1
             global_batch = tcfg.micro_batch * tcfg.grad_accum * self.world
             self.state.samples_seen += global_batch
-            self.state.frames_seen += int(sums[3])
+            self.state.frames_seen += int(frames)
             step = self.state.step
-            if step % tcfg.log_every == 0 or step == 1:
-                self._log_step(step, sums, elapsed, global_batch, target.features.shape[1])
+            if step % tcfg.log_every == 0 or step == 1:  # the same steps on every rank
+                losses = self._all_sum(metrics.losses())  # read from the device only here
+                self._log_step(
+                    step,
+                    losses=losses,
+                    frames=frames,
+                    skipped=skipped,
+                    elapsed=elapsed,
+                    global_batch=global_batch,
+                    seq_len=target.features.shape[1],
+                )
             if tcfg.image_every and step % tcfg.image_every == 0:
                 self.tb.reconstruction(
                     step,
@@ -294,31 +327,48 @@ class Pretrainer:
                 )
             if tcfg.val_every and step % tcfg.val_every == 0:
                 self.validate()
-            if sums[5] > 0 or step % tcfg.save_every == 0 or step == tcfg.max_steps:
+            if stop > 0 or step % tcfg.save_every == 0 or step == tcfg.max_steps:
                 self.save()
-            if sums[5] > 0:
+            if stop > 0:
                 log.warning("rank %d stopped by signal at step %d", self.rank, step)
                 break
         return self.state
 
+    def _all_sum(self, values: list[float] | torch.Tensor) -> list[float]:
+        """Sum over ranks (float64, on the device for NCCL), read back to the host."""
+        import torch.distributed as dist
+
+        tensor = torch.as_tensor(values, dtype=torch.float64).to(self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
     def _log_step(
-        self, step: int, sums: torch.Tensor, elapsed: float, global_batch: int, seq_len: int
+        self,
+        step: int,
+        *,
+        losses: list[float],
+        frames: float,
+        skipped: float,
+        elapsed: float,
+        global_batch: int,
+        seq_len: int,
     ) -> None:
         n = self.world * self.config.train.grad_accum
-        frames_per_s = float(sums[3]) / elapsed
+        frames_per_s = frames / elapsed
         tflops = flops_per_frame(self.model_config, seq_len) * frames_per_s / 1e12 / self.world
         norm = self.engine.get_global_grad_norm()
+        total, cfm, ccm = (value / n for value in losses)
         values = {
-            "loss/total": float(sums[0]) / n,
-            "loss/cfm": float(sums[1]) / n,
-            "loss/ccm": float(sums[2]) / n,
+            "loss/total": total,
+            "loss/cfm": cfm,
+            "loss/ccm": ccm,
             "opt/lr": self.engine.get_lr()[0],
             "perf/samples_per_s": global_batch / elapsed,
             "perf/frames_per_s": frames_per_s,
             "perf/tflops_per_device": tflops,
             "perf/mfu": tflops / self.config.train.peak_tflops,
             "perf/memory_gib": _memory_gib(),
-            "data/skipped_shards": float(sums[4]),
+            "data/skipped_shards": skipped,
             "data/epoch": float(self.state.position.epoch),
         }
         if norm is not None:
@@ -335,25 +385,21 @@ class Pretrainer:
     @torch.no_grad()
     def validate(self) -> float | None:
         """Mean validation loss over the val shards (same batch count on every rank)."""
-        import torch.distributed as dist
-
         if self.val_stream is None:
             return None
         self.engine.eval()
-        sums = torch.zeros(2, dtype=torch.float64)
+        total, batches = torch.zeros((), device=self.device), 0
         for i, (batch, _) in enumerate(self.val_stream):
             if i >= self.config.data.val_max_batches:
                 break
             target = batch.to(self.device)
             out = self.engine(model_input(target, self.dtype), target.valid)
-            sums += torch.tensor(
-                [reconstruction_loss(out.reconstruction.float(), target).total.item(), 1.0],
-                dtype=torch.float64,
-            )
+            total += reconstruction_loss(out.reconstruction.float(), target).total
+            batches += 1
         self.engine.train()
-        sums = sums.to(self.device)
-        dist.all_reduce(sums)
-        value = float(sums[0] / sums[1])
+        count = torch.tensor(float(batches), dtype=torch.float64, device=self.device)
+        loss_sum, count = self._all_sum(torch.stack([total.double(), count]))
+        value = loss_sum / count
         self.tb.scalars(self.state.step, {"loss/val": value})
         return value
 

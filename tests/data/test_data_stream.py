@@ -19,7 +19,7 @@ from musicoder.data.plan import derive_seed
 from musicoder.data.stream import DataConfig, DataPosition, ShardStream, make_loader
 from musicoder.shardset.format import ShardFormatError
 from musicoder.shardset.manifest import read_manifest
-from musicoder.model import MaskingConfig, apply_masking
+from musicoder.model import MaskingConfig, draw_masks
 from musicoder.model.masking import model_input
 
 BATCH = 3
@@ -142,13 +142,14 @@ def test_persistent_workers_follow_epochs_and_resume(uneven_shard_set, monkeypat
     assert _same(list(loader), _in_process(fresh, monkeypatch))
 
 
-def test_loader_batches_build_the_apply_masking_input(few_shard_set):
+def test_loader_batches_carry_masks_drawn_from_their_seed(few_shard_set):
     stream = _stream(few_shard_set, workers=0)
     (batch, info), *_ = _collect(stream)
     gen = torch.Generator().manual_seed(derive_seed(stream.seed, 0, stream.rank, info.worker, 0))
-    reference = apply_masking(batch, stream.masking, gen)
-    assert torch.equal(model_input(batch), reference.masked_input)
-    assert torch.equal(batch.cfm, reference.cfm) and torch.equal(batch.ccm, reference.ccm)
+    reference = draw_masks(batch, stream.masking, gen)
+    assert batch.masked_input is None
+    for name in ("cfm", "ccm", "frame_source"):
+        assert torch.equal(getattr(batch, name), getattr(reference, name))
 
 
 def test_position_maps_to_another_world_size(uneven_shard_set):
