@@ -3,7 +3,8 @@
 Each parser turns one layout into `Row`s (audio URI, split or None, raw labels, where it came
 from) plus `Skip`s for bad rows; `tasks.load_task` then applies the vocabulary and splits.
 A parser also says whether its URIs came from a listing (so existence needs no second check).
-Paths inside a task file must stay inside the file's folder: no absolute paths, no `..`.
+Paths in a generic CSV are relative to its folder, absolute, or URIs (DESIGN §11); MTT paths
+must stay inside the audio root (`<0-f>/<file>`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ def _inside(base: str, relative: str) -> str | None:
     return storage.join(base, *[p for p in parts if p not in ("", ".")])
 
 
+def _resolve(base: str, path: str) -> str | None:
+    """A CSV path: relative to the CSV's folder, absolute, or a URI; None for `..` under S3."""
+    try:
+        return storage.resolve(base, path)
+    except ValueError:
+        return None
+
+
 def _parse_csv(cfg: TaskConfig) -> tuple[list[Row], list[Skip], bool]:
     column = "label" if cfg.kind == GENRE else "tags"
     reader = csv.DictReader(io.StringIO(storage.read_text(cfg.path)))
@@ -93,10 +102,10 @@ def _parse_csv(cfg: TaskConfig) -> tuple[list[Row], list[Skip], bool]:
             if cfg.kind == GENRE
             else tuple(t.strip() for t in raw.split(TAG_SEPARATOR) if t.strip())
         )
-        uri = _inside(base, path)
+        uri = _resolve(base, path) if path else None
         reason = (
             "empty path" if not path
-            else f"path '{path}' is absolute or leaves the CSV's folder" if uri is None
+            else f"path '{path}' leaves the CSV's S3 prefix" if uri is None
             else f"unknown split '{split}' (want train, valid or test)" if split not in SPLITS
             else f"empty {column}" if not any(labels)
             else None

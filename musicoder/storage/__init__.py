@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from musicoder.storage import local, s3
-from musicoder.storage.uri import basename, is_local, join, local_path, parent
+from musicoder.storage.uri import basename, is_local, join, local_path, parent, resolve
 
 __all__ = [
     "ObjectInfo",
@@ -43,6 +43,7 @@ __all__ = [
     "read_json",
     "read_text",
     "real_key",
+    "resolve",
     "size",
     "write_bytes",
     "write_file",

@@ -4,7 +4,7 @@ The scheme comes from :func:`urllib.parse.urlsplit`, accepted only when ``://`` 
 that a local name holding a colon (``take:2.wav``) stays a path. ``file://`` paths are taken
 verbatim (no percent-decoding, no query or fragment), so names round-trip through listing and
 :func:`join`. :func:`parent` and :func:`basename` are the one place where a URI is cut at its
-last ``/``.
+last ``/``; :func:`resolve` reads a path found in a list file against the list's folder.
 """
 
 from __future__ import annotations
@@ -73,6 +73,20 @@ def join(base: str, *parts: str) -> str:
     if scheme(base) == "":
         return os.path.join(base, *parts)
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def resolve(base: str, path: str) -> str:
+    """``path`` as a URI: a URI or an absolute path as it is, a relative path joined onto the
+    folder or prefix ``base`` (locally normalized, so ``..`` may climb out of it).
+
+    Raises:
+        ValueError: a relative path with ``..`` under an ``s3://`` base.
+    """
+    if scheme(path) or os.path.isabs(path):
+        return path
+    if is_local(base):
+        return os.path.normpath(os.path.join(local_path(base), path))
+    return join(base, path)
 
 
 def parent(uri: str) -> str:

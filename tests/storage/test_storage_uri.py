@@ -44,3 +44,13 @@ def test_uri_helpers(tmp_path):
 )
 def test_parent_and_basename(uri, parent, name):
     assert (storage.parent(uri), storage.basename(uri)) == (parent, name)
+
+
+def test_resolve_reads_list_entries_against_their_folder(tmp_path):
+    assert storage.resolve(str(tmp_path), "a/b.wav") == str(tmp_path / "a" / "b.wav")
+    assert storage.resolve(str(tmp_path / "x"), "../b.wav") == str(tmp_path / "b.wav")
+    assert storage.resolve(str(tmp_path), "/abs/b.wav") == "/abs/b.wav"
+    assert storage.resolve(str(tmp_path), "s3://bucket/b.wav") == "s3://bucket/b.wav"
+    assert storage.resolve("s3://bucket/lists", "a/b.wav") == "s3://bucket/lists/a/b.wav"
+    with pytest.raises(ValueError, match="unsafe"):
+        storage.resolve("s3://bucket/lists", "../b.wav")
