@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench gpu-bench lint clean
+.PHONY: install demo test test-fast bench gpu-bench lint clean science-kit
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ bench: $(STAMP)
 	$(PY) bench/features.py
 	$(PY) bench/loader.py
 	$(PY) bench/train_step.py
+
+# Real-audio yardstick kit (DESIGN §12) in ~/.cache/musicoder/realdata or $MUSICODER_REALDATA;
+# installs the Debian packages it needs (as root); a second run finds kit.json and stops.
+science-kit: $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[science]'
+	$(PY) bench/science_kit.py
 
 # On a CUDA machine without our dependencies: installs carried wheels (wheels/), then benchmarks.
 gpu-bench:

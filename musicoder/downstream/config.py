@@ -80,6 +80,14 @@ class TrainConfig:
         chunk_seconds: Chunk length for long tracks; None = the model window (`max_frames`).
         pooling: How the head pools each layer over time: `meanstd` (mean and standard
             deviation, concatenated; see docs/decisions.md) or `mean`.
+        head: `linear` (one linear layer) or `mlp` (the MARBLE protocol's probe: one hidden
+            layer of `mlp_hidden` units, ReLU, dropout `mlp_dropout`).
+        mlp_hidden: Hidden width of the `mlp` head.
+        mlp_dropout: Dropout after the `mlp` head's hidden layer.
+        layer: Probe only this pooled state (0 = input embedding, L = last layer, negative
+            counts from the last); None = learned softmax weights over all of them.
+        per_layer: Also train one head per pooled state and report its valid and test metrics
+            (`metrics.json` `per_layer`), plus the effective rank of each state.
         seed: Seed of head initialisation, shuffling and the random-init baseline encoder.
     """
 
@@ -91,6 +99,11 @@ class TrainConfig:
     patience: int = 20
     chunk_seconds: float | None = None
     pooling: Pooling = "meanstd"
+    head: Literal["linear", "mlp"] = "linear"
+    mlp_hidden: int = 512
+    mlp_dropout: float = 0.2
+    layer: int | None = None
+    per_layer: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +111,8 @@ class TrainConfig:
             raise ValueError("train.lr must be > 0 and train.encoder_lr >= 0")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError("train.batch_size, train.max_epochs and train.patience must be >= 1")
+        if self.mlp_hidden < 1 or not 0.0 <= self.mlp_dropout < 1.0:
+            raise ValueError("train.mlp_hidden must be >= 1 and train.mlp_dropout in [0, 1)")
         if self.chunk_seconds is not None and self.chunk_seconds <= 0:
             raise ValueError(f"train.chunk_seconds must be > 0, got {self.chunk_seconds}")
 

@@ -48,6 +48,20 @@ def aggregate_tracks(
     return sums / counts[:, None]
 
 
+def effective_rank(states: np.ndarray) -> float:
+    """Effective rank (Roy and Vetterli, 2007) of `(N, D)` vectors: exp of the entropy of the
+    normalized singular values of the centered matrix; D for isotropic states, 1 for states on
+    one line. A collapsed encoder uses few of its D dimensions."""
+    centered = np.asarray(states, dtype=np.float64)
+    centered = centered - centered.mean(axis=0)
+    singular = np.linalg.svd(centered, compute_uv=False)
+    if singular.sum() <= 0:
+        return 0.0
+    p = singular / singular.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def mean_log_loss(kind: str, probs: np.ndarray, targets: np.ndarray) -> float:
     """Log-loss: cross-entropy of the true class (genre) or mean binary cross-entropy (tagging).
 

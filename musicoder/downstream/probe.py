@@ -1,8 +1,9 @@
 """Probe and fine-tune heads and their training with early stopping (DESIGN §8).
 
 Probe: the encoder is frozen; each layer output is pooled over time (mean and standard deviation
-by default, `train.pooling`), and a head learns softmax weights over the pooled layers and
-applies one linear layer. The head sees per-chunk, per-layer pooled states `(N, L+1, D)`
+by default, `train.pooling`), and a head learns softmax weights over the pooled layers (or uses
+one chosen layer) and applies one linear layer (`train.head: linear`) or the MARBLE protocol's
+MLP (`mlp`: one hidden layer of 512, dropout). The head sees per-chunk, per-layer pooled states `(N, L+1, D)`
 computed once, so training the probe costs no encoder passes at all. Inputs are standardized with train-set statistics (a
 fixed affine map, so still a linear probe; it lets one learning rate suit every encoder).
 
@@ -67,17 +68,51 @@ class History:
         return self.valid_log_loss[self.best_epoch]
 
 
-class LinearProbe(nn.Module):
-    """Softmax-weighted sum of K pooled states + a linear layer: `(B, K, D)` → `(B, classes)`."""
+class ProbeHead(nn.Module):
+    """Pooled states of K layers → class logits: `(B, K, D)` → `(B, classes)`.
 
-    def __init__(self, num_states: int, dim: int, num_classes: int) -> None:
+    Inputs are standardized per state with train statistics, then combined by learned softmax
+    weights over the K states (or one chosen state), then mapped to logits by `linear`: one
+    linear layer, or `mlp`: the MARBLE protocol's head, one hidden layer (ReLU, dropout).
+    Every model (encoder, random init, handcrafted) gets the same head.
+
+    Args:
+        num_states: K, pooled states per chunk (layers + 1; 1 for handcrafted features).
+        dim: D, width of a pooled state.
+        num_classes: Output logits.
+        hidden: Width of the MLP's hidden layer; None = linear head.
+        dropout: Dropout after the MLP's hidden layer (ignored for a linear head).
+        layer: Use only this state (negative counts from the last); None = learned weighting.
+    """
+
+    def __init__(
+        self,
+        num_states: int,
+        dim: int,
+        num_classes: int,
+        *,
+        hidden: int | None = None,
+        dropout: float = 0.0,
+        layer: int | None = None,
+    ) -> None:
         super().__init__()
+        if layer is not None and not -num_states <= layer < num_states:
+            raise ValueError(f"train.layer: {layer} is outside the {num_states} pooled states")
+        self.layer = None if layer is None else layer % num_states
         self.layer_logits = nn.Parameter(torch.zeros(num_states))
-        self.linear = nn.Linear(dim, num_classes)
+        if hidden is None:
+            self.classifier = nn.Linear(dim, num_classes)
+        else:
+            self.classifier = nn.Sequential(
+                nn.Linear(dim, hidden),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            )
         self.register_buffer("mean", torch.zeros(num_states, dim))
         self.register_buffer("std", torch.ones(num_states, dim))
 
-    def fit_standardization(self, inputs: torch.Tensor) -> LinearProbe:
+    def fit_standardization(self, inputs: torch.Tensor) -> ProbeHead:
         """Sets the input standardization from train inputs `(N, K, D)`."""
         self.mean.copy_(inputs.mean(dim=0))
         self.std.copy_(
@@ -85,21 +120,26 @@ class LinearProbe(nn.Module):
         )
         return self
 
+    def weights(self) -> torch.Tensor:
+        """`(K,)` weight of each pooled state: softmax of the logits, or one-hot on `layer`."""
+        if self.layer is None:
+            return torch.softmax(self.layer_logits, dim=0)
+        return F.one_hot(torch.tensor(self.layer), len(self.layer_logits)).to(self.mean.dtype)
+
     def layer_weights(self) -> list[float]:
-        """The learned softmax weight of each pooled state."""
-        return torch.softmax(self.layer_logits.detach(), dim=0).cpu().tolist()
+        """The weight of each pooled state, as plain floats."""
+        return self.weights().detach().cpu().tolist()
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         x = (pooled - self.mean) / self.std  # (B, K, D)
-        weights = torch.softmax(self.layer_logits, dim=0)  # (K,)
-        return self.linear(torch.einsum("bkd,k->bd", x, weights))
+        return self.classifier(torch.einsum("bkd,k->bd", x, self.weights().to(x.device)))
 
 
 class FinetuneModel(nn.Module):
     """Encoder + probe head: `(B, T, C)` features, `(B, T)` valid mask → `(B, classes)` logits."""
 
     def __init__(
-        self, encoder: MusiCoderEncoder, head: LinearProbe, *, pooling: str = DEFAULT_POOLING
+        self, encoder: MusiCoderEncoder, head: ProbeHead, *, pooling: str = DEFAULT_POOLING
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -184,7 +224,7 @@ def _train_epoch(
 
 @torch.no_grad()
 def predict_probe(
-    head: LinearProbe, data: ChunkSet, kind: str, *, batch_size: int = 4096
+    head: ProbeHead, data: ChunkSet, kind: str, *, batch_size: int = 4096
 ) -> np.ndarray:
     """Track-level probabilities `(num_tracks, classes)` of a probe head (chunk means)."""
     head.eval()
@@ -197,7 +237,7 @@ def predict_probe(
 
 
 def train_probe(
-    head: LinearProbe, train: ChunkSet, valid: ChunkSet, kind: str, cfg: TrainConfig, **kwargs
+    head: ProbeHead, train: ChunkSet, valid: ChunkSet, kind: str, cfg: TrainConfig, **kwargs
 ) -> History:
     """Trains a probe head (AdamW, shuffled chunk batches) with early stopping on `valid`."""
     device = head.mean.device

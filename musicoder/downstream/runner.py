@@ -5,11 +5,16 @@ initialised encoder of the same config and on handcrafted features (mean and std
 the normalized input channels), so a user sees what pre-training buys. It writes, under
 `cfg.output`: `metrics.json`, `predictions.csv` (test tracks), `skipped.csv` (every row or
 track left out, with the reason), `config.yaml` and TensorBoard events in `tensorboard/<model>/`.
+Features (`cache_dir/<preset>/`) and each encoder's pooled states (`cache_dir/states/`) are
+cached, so probing the same encoder again with another head or seed runs no encoder pass.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,13 +28,13 @@ from musicoder.audio import AudioError
 from musicoder.config import save_config
 from musicoder.downstream.cache import FeatureCache
 from musicoder.downstream.config import FINETUNE, GENRE, SPLITS, FinetuneConfig
-from musicoder.downstream.metrics import compute_metrics
+from musicoder.downstream.metrics import compute_metrics, effective_rank
 from musicoder.downstream.probe import (
     ChunkSet,
     FeatureChunks,
     FinetuneModel,
     History,
-    LinearProbe,
+    ProbeHead,
     predict_finetune,
     predict_probe,
     train_finetune,
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped.csv"
 
 PRETRAINED, RANDOM_INIT, HANDCRAFTED = "pretrained", "random_init", "handcrafted"
+STATES_VERSION = 1  # pooled-state cache entries (`cache_dir/states/`)
 
 
 def run(cfg: FinetuneConfig) -> dict:
@@ -93,6 +99,8 @@ def run(cfg: FinetuneConfig) -> dict:
         "layer_weights": main.layer_weights,
         "best_epoch": main.history.best_epoch,
         "valid_log_loss": main.history.best,
+        "head": cfg.train.head,
+        "models": {name: r.summary() for name, r in results.items()},
     }
     probs = {name: r.probs for name, r in results.items()}
     _write_outputs(cfg, task, splits["test"], probs, task.skipped + unusable, metrics)
@@ -104,10 +112,25 @@ def run(cfg: FinetuneConfig) -> dict:
 
 @dataclass
 class _Result:
-    metrics: dict
+    metrics: dict  # test split
+    valid: dict  # valid split: the numbers to choose by
     probs: np.ndarray  # (test tracks, classes)
     history: History
     layer_weights: list[float]
+    per_layer: list[dict] | None = None  # one head per pooled state: valid and test metrics
+    effective_rank: list[float] | None = None  # of each pooled state over the train chunks
+
+    def summary(self) -> dict:
+        out = {
+            "valid": self.valid,
+            "test": self.metrics,
+            "layer_weights": self.layer_weights,
+            "best_epoch": self.history.best_epoch,
+        }
+        if self.per_layer is not None:
+            out["per_layer"] = self.per_layer
+            out["effective_rank"] = self.effective_rank
+        return out
 
 
 class _Job:
@@ -165,24 +188,65 @@ class _Job:
     def chunk_set(self, split: str, encoder: Encoder, handcrafted: bool) -> ChunkSet:
         tracks = self.splits[split]
         if handcrafted:
-            per_track = (
+            states = [
                 handcrafted_states(encoder.normalize(f), self.window)
                 for f in self.tracks_features(tracks)
-            )
+            ]
         else:
-            per_track = encoder.iter_pooled_states(
-                self.tracks_features(tracks),
-                window=self.window,
-                batch_size=self.cfg.train.batch_size,
-                pooling=self.cfg.train.pooling,
-            )
-        states = list(tqdm(per_track, total=len(tracks), desc=f"{split} states", leave=False))
+            states = self.encoder_states(split, encoder)
         counts = torch.tensor([len(s) for s in states])
         return ChunkSet(
             torch.cat(states),
             torch.arange(len(states)).repeat_interleave(counts),
             self.targets[split],
         )
+
+    def encoder_states(self, split: str, encoder: Encoder) -> list[torch.Tensor]:
+        """Per-track `(n_chunks, L + 1, D)` pooled states of a split, from the state cache
+        when this encoder (weights and normalization), window, pooling and these tracks'
+        features were seen before (other probe heads and seeds reuse them), else computed."""
+        tracks = self.splits[split]
+        entry = storage.join(self.cfg.cache_dir, "states", f"{self.states_key(split, encoder)}.npz")
+        if storage.exists(entry):
+            try:
+                with np.load(io.BytesIO(storage.read_bytes(entry)), allow_pickle=False) as f:
+                    flat, counts = torch.from_numpy(f["states"]), f["counts"].tolist()
+                if len(counts) == len(tracks):
+                    return list(flat.split(counts))
+            except (ValueError, OSError, KeyError) as err:
+                log.warning("%s: unreadable state cache entry (%s); recomputing", entry, err)
+        per_track = encoder.iter_pooled_states(
+            self.tracks_features(tracks),
+            window=self.window,
+            batch_size=self.cfg.train.batch_size,
+            pooling=self.cfg.train.pooling,
+        )
+        states = list(tqdm(per_track, total=len(tracks), desc=f"{split} states", leave=False))
+        buffer = io.BytesIO()
+        np.savez(
+            buffer, states=torch.cat(states).numpy(), counts=np.array([len(s) for s in states])
+        )
+        storage.write_bytes(entry, buffer.getvalue())
+        return states
+
+    def states_key(self, split: str, encoder: Encoder) -> str:
+        """What determines a split's pooled states: weights, normalization, window, pooling and
+        each track's feature cache entry (audio identity and feature settings)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(encoder.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        for tensor in (encoder.mean, encoder.std):
+            digest.update(tensor.cpu().numpy().tobytes())
+        settings = {
+            "version": STATES_VERSION,
+            "model": encoder.model_config.to_dict(),
+            "window": self.window,
+            "pooling": self.cfg.train.pooling,
+            "tracks": [self.cache.entry_uri(t.uri) for t in self.splits[split]],
+        }
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        return digest.hexdigest()
 
     def feature_chunks(self, split: str) -> FeatureChunks:
         tracks = self.splits[split]
@@ -193,15 +257,40 @@ class _Job:
         ]
         return FeatureChunks(bounds, lambda i: self.cache.get(tracks[i].uri), self.targets[split])
 
+    def head(
+        self, sets: dict[str, ChunkSet], device: torch.device, layer: int | None = None
+    ) -> ProbeHead:
+        """A fresh head (the same initial weights for every model) fitted to train inputs."""
+        train_cfg, inputs = self.cfg.train, sets["train"].inputs
+        _, num_states, dim = inputs.shape
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train_cfg.seed)
+            head = ProbeHead(
+                num_states,
+                dim,
+                len(self.task.classes),
+                hidden=train_cfg.mlp_hidden if train_cfg.head == "mlp" else None,
+                dropout=train_cfg.mlp_dropout,
+                layer=layer,
+            )
+        return head.to(device).fit_standardization(inputs.to(device))
+
+    def probe_metrics(self, head: ProbeHead, sets: dict[str, ChunkSet]) -> dict[str, dict]:
+        """Valid and test metrics of a trained probe head."""
+        kind = self.task.kind
+        return {
+            split: compute_metrics(
+                kind, predict_probe(head, sets[split], kind), self.targets[split].numpy()
+            )
+            for split in ("valid", "test")
+        }
+
     def evaluate(self, name: str, encoder: Encoder, *, handcrafted: bool = False) -> _Result:
         log.info("evaluating %s on task %s", name, self.task.name)
         kind, train_cfg = self.task.kind, self.cfg.train
         sets = {s: self.chunk_set(s, encoder, handcrafted) for s in SPLITS}
-        _, num_states, dim = sets["train"].inputs.shape
-        with torch.random.fork_rng(devices=[]):  # every model starts from the same head
-            torch.manual_seed(train_cfg.seed)
-            head = LinearProbe(num_states, dim, len(self.task.classes)).to(encoder.device)
-        head.fit_standardization(sets["train"].inputs.to(encoder.device))
+        layer = None if handcrafted else train_cfg.layer
+        head = self.head(sets, encoder.device, layer)
         history = train_probe(
             head,
             sets["train"],
@@ -211,6 +300,7 @@ class _Job:
             on_epoch=self.on_epoch(name, "probe"),
         )
         probs = predict_probe(head, sets["test"], kind)
+        valid = self.probe_metrics(head, sets)["valid"]
         if self.cfg.mode == FINETUNE and not handcrafted:
             model = FinetuneModel(copy.deepcopy(encoder.model), head, pooling=train_cfg.pooling).to(
                 encoder.device
@@ -228,9 +318,29 @@ class _Job:
             probs = predict_finetune(
                 model, chunks["test"], kind, encoder.normalize, train_cfg.batch_size
             )
+            valid_probs = predict_finetune(
+                model, chunks["valid"], kind, encoder.normalize, train_cfg.batch_size
+            )
+            valid = compute_metrics(kind, valid_probs, self.targets["valid"].numpy())
         metrics = compute_metrics(kind, probs, self.targets["test"].numpy())
         log.info("%s test: %s", name, {k: v for k, v in metrics.items() if isinstance(v, float)})
-        return _Result(metrics, probs, history, head.layer_weights())
+        result = _Result(metrics, valid, probs, history, head.layer_weights())
+        if train_cfg.per_layer:
+            result.per_layer, result.effective_rank = self.layer_scores(sets, encoder.device)
+        return result
+
+    def layer_scores(
+        self, sets: dict[str, ChunkSet], device: torch.device
+    ) -> tuple[list[dict], list[float]]:
+        """One probe head per pooled state: its valid and test metrics; and each state's
+        effective rank over the train chunks (how many directions the states really use)."""
+        scores, ranks = [], []
+        for k in range(sets["train"].inputs.shape[1]):
+            head = self.head(sets, device, layer=k)
+            train_probe(head, sets["train"], sets["valid"], self.task.kind, self.cfg.train)
+            scores.append({"layer": k, **self.probe_metrics(head, sets)})
+            ranks.append(effective_rank(sets["train"].inputs[:, k].numpy()))
+        return scores, ranks
 
 
 def handcrafted_states(features: torch.Tensor, window: int) -> torch.Tensor:

@@ -10,13 +10,14 @@ from musicoder.model.config import VARIANTS, MusiCoderConfig, variant_config
 from musicoder.model.encoder import EncoderOutput, MusiCoderEncoder
 from musicoder.model.flops import count_parameters, flops_per_frame
 from musicoder.model.heads import ModelOutput, MusiCoder, ReconstructionHead
-from musicoder.model.loss import LossOutput, reconstruction_loss
+from musicoder.model.loss import LossConfig, LossOutput, reconstruction_loss
 from musicoder.model.masking import MaskingConfig, draw_masks, model_input
 
 __all__ = [
     "VARIANTS",
     "Batch",
     "EncoderOutput",
+    "LossConfig",
     "LossOutput",
     "MaskingConfig",
     "ModelOutput",

@@ -4,6 +4,10 @@ Predicted cells are (CFM frames x all channels) and (valid frames x CCM channels
 averages over their union, each cell counted once; the CFM and CCM parts average over their own
 cells and are reported for monitoring. A part without cells is exactly 0 (not NaN) and still
 part of the autograd graph, so an all-unmasked batch never breaks a step.
+
+`LossConfig.visible_weight` (0 in the paper) adds the L1 mean over the visible valid cells,
+times that weight: the model must then also pass each frame's own content through to its last
+layer, not only what the context predicts of it (docs/decisions.md has the measured effect).
 """
 
 from __future__ import annotations
@@ -20,13 +24,31 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class LossConfig:
+    """Knobs of the reconstruction objective.
+
+    Attributes:
+        visible_weight: Weight of the mean L1 over visible (unmasked, valid) cells, added to the
+            masked-cell mean; 0 = masked cells only (the paper).
+    """
+
+    visible_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.visible_weight:
+            raise ValueError(f"loss.visible_weight: must be >= 0, got {self.visible_weight!r}")
+
+
+@dataclass
 class LossOutput:
     """Reconstruction loss and its parts.
 
     Attributes:
-        total: Scalar L1 mean over the union of CFM and CCM cells (the training loss).
+        total: The training loss: L1 mean over the union of CFM and CCM cells, plus
+            `visible_weight` times the L1 mean over visible cells.
         cfm: Scalar L1 mean over CFM cells.
         ccm: Scalar L1 mean over CCM cells.
+        visible: Scalar L1 mean over visible valid cells (0 when `visible_weight` is 0).
         cfm_cells: Number of CFM cells (frames x channels).
         ccm_cells: Number of CCM cells (valid frames x channels).
     """
@@ -34,6 +56,7 @@ class LossOutput:
     total: Tensor
     cfm: Tensor
     ccm: Tensor
+    visible: Tensor
     cfm_cells: int
     ccm_cells: int
 
@@ -43,13 +66,16 @@ def _masked_mean(error: Tensor, cells: Tensor) -> tuple[Tensor, int]:
     return (error * cells).sum() / max(count, 1), count
 
 
-def reconstruction_loss(reconstruction: Tensor, batch: Batch) -> LossOutput:
+def reconstruction_loss(
+    reconstruction: Tensor, batch: Batch, *, visible_weight: float = 0.0
+) -> LossOutput:
     """L1 reconstruction loss over predicted cells (DESIGN §6).
 
     Args:
         reconstruction: (B, T, C) model output.
         batch: Masked batch; `features` is the target, `cfm`/`ccm` (None = none) choose cells,
             padding (`valid` False) never counts.
+        visible_weight: See `LossConfig`.
 
     Returns:
         `LossOutput`, computed in float32 whatever the reconstruction dtype.
@@ -71,9 +97,19 @@ def reconstruction_loss(reconstruction: Tensor, batch: Batch) -> LossOutput:
     cfm_cells = (cfm[:, :, None] & valid).expand(b, t, c)
     ccm_cells = valid & ccm[:, None, :]  # (B, T, C)
     error = (reconstruction.float() - batch.features.float()).abs()
-    total, _ = _masked_mean(error, cfm_cells | ccm_cells)
+    masked = cfm_cells | ccm_cells
+    total, _ = _masked_mean(error, masked)
     cfm_loss, cfm_count = _masked_mean(error, cfm_cells)
     ccm_loss, ccm_count = _masked_mean(error, ccm_cells)
+    visible = total.new_zeros(())
+    if visible_weight:
+        visible, _ = _masked_mean(error, valid & ~masked)
+        total = total + visible_weight * visible
     return LossOutput(
-        total=total, cfm=cfm_loss, ccm=ccm_loss, cfm_cells=cfm_count, ccm_cells=ccm_count
+        total=total,
+        cfm=cfm_loss,
+        ccm=ccm_loss,
+        visible=visible,
+        cfm_cells=cfm_count,
+        ccm_cells=ccm_count,
     )

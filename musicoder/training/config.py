@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from musicoder import storage
 from musicoder.data.stream import DataConfig
-from musicoder.model import MaskingConfig, MusiCoderConfig, variant_config
+from musicoder.model import LossConfig, MaskingConfig, MusiCoderConfig, variant_config
 
 
 @dataclass
@@ -65,6 +65,7 @@ class PretrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # MusiCoderConfig fields to override
     data: DataConfig = field(default_factory=DataConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ from musicoder.model import (
     model_input,
     reconstruction_loss,
 )
+from musicoder.model.baselines import BASELINES, baseline_losses
 from musicoder.shardset.manifest import Manifest, check_preset, read_manifest
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
@@ -292,7 +293,11 @@ class Pretrainer:
                 torch.manual_seed(derive_seed(tcfg.seed, self.state.step, micro, self.rank))
                 inputs = model_input(target, self.dtype)  # masks applied on the device
                 out = engine(inputs, target.valid)
-                loss = reconstruction_loss(out.reconstruction.float(), target)
+                loss = reconstruction_loss(
+                    out.reconstruction.float(),
+                    target,
+                    visible_weight=self.config.loss.visible_weight,
+                )
                 engine.backward(loss.total)
                 engine.step()
                 metrics.add(loss, info.frames)  # stays on the device: no host sync here
@@ -384,24 +389,43 @@ class Pretrainer:
 
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean validation loss over the val shards (same batch count on every rank)."""
+        """Mean validation loss over the val shards (same batch count on every rank).
+
+        Also logs the CFM and CCM parts next to those of the trivial predictors on the same
+        masks (`musicoder.model.baselines`): a model no better than interpolation has learned
+        little that a probe could use. Sums stay on the device until one all-reduce at the end.
+        """
         if self.val_stream is None:
             return None
         self.engine.eval()
-        total, batches = torch.zeros((), device=self.device), 0
+        names = ["loss/val", "val/cfm", "val/ccm"]
+        names += [f"val/{part}_{b}" for b in BASELINES for part in ("cfm", "ccm")]
+        sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=self.device)
         for i, (batch, _) in enumerate(self.val_stream):
             if i >= self.config.data.val_max_batches:
                 break
             target = batch.to(self.device)
             out = self.engine(model_input(target, self.dtype), target.valid)
-            total += reconstruction_loss(out.reconstruction.float(), target).total
-            batches += 1
+            loss = reconstruction_loss(out.reconstruction.float(), target)
+            parts = [loss.total, loss.cfm, loss.ccm]
+            for trivial in baseline_losses(target).values():
+                parts += [trivial.cfm, trivial.ccm]
+            sums[:-1] += torch.stack(
+                [torch.as_tensor(p, dtype=torch.float64, device=self.device) for p in parts]
+            )
+            sums[-1] += 1.0
         self.engine.train()
-        count = torch.tensor(float(batches), dtype=torch.float64, device=self.device)
-        loss_sum, count = self._all_sum(torch.stack([total.double(), count]))
-        value = loss_sum / count
-        self.tb.scalars(self.state.step, {"loss/val": value})
-        return value
+        totals = self._all_sum(sums)
+        values = {name: totals[k] / totals[-1] for k, name in enumerate(names)}
+        self.tb.scalars(self.state.step, values)
+        log_rank_zero(
+            "val loss %.4f; CFM %.4f (interpolation %.4f, clip mean %.4f)",
+            values["loss/val"],
+            values["val/cfm"],
+            values["val/cfm_interpolate"],
+            values["val/cfm_clip_mean"],
+        )
+        return values["loss/val"]
 
     # ---------------------------------------------------------------- save / close
     def save(self) -> str:

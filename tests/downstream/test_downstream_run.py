@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from musicoder.downstream import FinetuneConfig, TaskConfig, TrainConfig, run
 from musicoder.downstream import cache as cache_module
 from musicoder.downstream.cache import FeatureCache
+from musicoder.pretrained import Encoder
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PITCHES = {"low": 220.0, "mid": 660.0, "high": 1980.0}
@@ -97,9 +98,31 @@ def test_probe_with_baselines_writes_everything_and_caches(
     )
 
     calls.clear()
+    passes = count_encoder_passes(monkeypatch)
     again = run(FinetuneConfig(**{**cfg.__dict__, "output": str(tmp_path / "run2")}))
     assert calls == []  # second run: features come from the cache
+    assert passes == []  # and pooled states too: no encoder pass
     assert again["test"] == metrics["test"]  # and the run is deterministic
+    mlp = TrainConfig(max_epochs=30, patience=5, head="mlp", seed=1)
+    other = run(FinetuneConfig(**{**cfg.__dict__, "output": str(tmp_path / "run3"), "train": mlp}))
+    assert len(passes) == 3  # a new seed draws a new random-init encoder: its 3 splits only
+    assert other["head"] == "mlp" and set(other["models"]) == {
+        "pretrained",
+        "random_init",
+        "handcrafted",
+    }
+
+
+def count_encoder_passes(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = Encoder.iter_pooled_states
+
+    def counting(self, tracks, **kwargs):
+        calls.append(1)
+        return real(self, tracks, **kwargs)
+
+    monkeypatch.setattr(Encoder, "iter_pooled_states", counting)
+    return calls
 
 
 def test_finetune_mode_trains_the_encoder(tone_task, tiny_export, tmp_path):

@@ -73,3 +73,21 @@ def test_gradient_only_on_predicted_cells_and_low_precision_input():
 def test_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match=r"reconstruction \(1, 3, 2\) does not match"):
         reconstruction_loss(torch.zeros(1, 3, 2), hand_batch())
+
+
+def test_visible_weight_adds_the_visible_cells_mean():
+    batch = hand_batch()
+    plain = reconstruction_loss(torch.zeros(1, 3, 3), batch)
+    assert plain.visible.item() == 0.0
+    weighted = reconstruction_loss(torch.zeros(1, 3, 3), batch, visible_weight=0.5)
+    # Visible valid cells: frame 0, channels 1 and 2 -> |2|, |3|; padding never counts.
+    assert weighted.visible.item() == pytest.approx(2.5)
+    assert weighted.total.item() == pytest.approx(plain.total.item() + 0.5 * 2.5)
+    assert (weighted.cfm.item(), weighted.ccm.item()) == (plain.cfm.item(), plain.ccm.item())
+
+
+def test_negative_visible_weight_is_refused():
+    from musicoder.model import LossConfig
+
+    with pytest.raises(ValueError, match="loss.visible_weight"):
+        LossConfig(visible_weight=-1.0)
