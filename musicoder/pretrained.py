@@ -24,8 +24,8 @@ from torch import nn
 
 from musicoder import storage
 from musicoder.audio import SAMPLE_RATE
-from musicoder.features import STD_FLOOR, extract_features, num_channels, preset_config
-from musicoder.model import MusiCoder, MusiCoderConfig, MusiCoderEncoder
+from musicoder.features import extract_features, num_channels, preset_config
+from musicoder.model import STD_FLOOR, MusiCoder, MusiCoderConfig, MusiCoderEncoder
 from musicoder.model.pooling import (
     DEFAULT_POOLING,
     check_pooling,

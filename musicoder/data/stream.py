@@ -37,8 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from musicoder import storage
 from musicoder.data.collate import collate
 from musicoder.data.plan import WorkerPlan, derive_seed, plan_epoch
-from musicoder.features import STD_FLOOR
-from musicoder.model import Batch, MaskingConfig
+from musicoder.model import STD_FLOOR, Batch, MaskingConfig
 from musicoder.model.masking import draw_masks
 from musicoder.shardset.format import ShardFormatError
 from musicoder.shardset.manifest import Manifest

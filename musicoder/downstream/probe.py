@@ -27,9 +27,8 @@ from torch import nn
 
 from musicoder.downstream.config import GENRE, TrainConfig
 from musicoder.downstream.metrics import aggregate_tracks, mean_log_loss
-from musicoder.features import STD_FLOOR
 from musicoder.model.pooling import DEFAULT_POOLING, pad_chunks, pool_layers
-from musicoder.model import MusiCoderEncoder
+from musicoder.model import STD_FLOOR, MusiCoderEncoder
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ public API (`musicoder.features.extract_features` is part of the command-line co
 from musicoder.features.config import (
     LOGMEL128,
     MUSICODER324,
-    STD_FLOOR,
     FeatureConfig,
     channel_blocks,
     num_channels,
@@ -20,7 +19,6 @@ from musicoder.features.extract import FeatureExtractor, extract_features, get_e
 __all__ = [
     "LOGMEL128",
     "MUSICODER324",
-    "STD_FLOOR",
     "FeatureConfig",
     "FeatureExtractor",
     "channel_blocks",

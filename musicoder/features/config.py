@@ -13,14 +13,6 @@ MUSICODER324 = "musicoder324"
 LOGMEL128 = "logmel128"
 PRESET_BLOCKS = {MUSICODER324: ("chroma", "mfcc", "delta", "mel", "cqt"), LOGMEL128: ("mel",)}
 C1_HZ = 32.70319566257483
-# Floor of a standard deviation wherever values are standardized (the loader's CMVN, exported
-# encoders, the probe's inputs). Measured on musicoder324 features of synthetic music low-passed
-# at 5 kHz (as low-bitrate MP3s are): the mel bands above the cut are constant but for the
-# clips' edge frames (std 0.16 over 6 s clips; exactly 0 without the edges, as in long tracks),
-# real channels start at 0.26 (chroma). 0.1 floors no measured channel, and keeps an unseen
-# full-band track within ~16 / 0.1 = 160 after normalization (log features span ~16; real
-# channels reach 85), where 1e-5 let it reach ~1e6 (tests/features/test_features_std_floor.py).
-STD_FLOOR = 0.1
 HANN_BANDWIDTH = 1.50018310546875  # librosa.filters.window_bandwidth("hann")
 
 

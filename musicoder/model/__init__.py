@@ -5,7 +5,7 @@ Nothing here does I/O or distributed work, or knows about DeepSpeed: exports are
 read by `musicoder.pretrained`.
 """
 
-from musicoder.model.batch import Batch
+from musicoder.model.batch import STD_FLOOR, Batch
 from musicoder.model.config import VARIANTS, MusiCoderConfig, variant_config
 from musicoder.model.encoder import EncoderOutput, MusiCoderEncoder
 from musicoder.model.flops import count_parameters, flops_per_frame
@@ -14,6 +14,7 @@ from musicoder.model.loss import LossConfig, LossOutput, reconstruction_loss
 from musicoder.model.masking import MaskingConfig, draw_masks, model_input
 
 __all__ = [
+    "STD_FLOOR",
     "VARIANTS",
     "Batch",
     "EncoderOutput",

@@ -1,4 +1,4 @@
-"""`STD_FLOOR` (musicoder/features/config.py), the one floor of every standardization: on a corpus
+"""`STD_FLOOR` (musicoder/model/batch.py), the one floor of every standardization: on a corpus
 whose top mel bands are nearly constant (audio low-passed at 5 kHz, as low-bitrate MP3s are), it
 floors no channel, and an unseen full-band track stays bounded after normalization, also when
 the band is exactly constant in the corpus."""
@@ -10,7 +10,8 @@ import torch
 from scipy import signal
 
 from musicoder.data.collate import collate
-from musicoder.features import STD_FLOOR, channel_blocks, extract_features
+from musicoder.features import channel_blocks, extract_features
+from musicoder.model import STD_FLOOR
 
 SR = 22050
 
