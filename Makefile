@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench gpu-bench lint clean science-kit
+.PHONY: install demo test test-fast bench gpu-bench lint clean science-kit bench-science
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: $(STAMP)
 science-kit: $(STAMP)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[science]'
 	$(PY) bench/science_kit.py
+
+# Real-audio science yardstick (DESIGN §12): kit, then shard -> pretrain x3 seeds -> export ->
+# probes x3 seeds on two tasks; writes the table into BENCHMARKS.md (hours on 2 cores).
+bench-science: science-kit
+	$(PY) bench/science.py $(SCIENCE_ARGS)
 
 # On a CUDA machine without our dependencies: installs carried wheels (wheels/), then benchmarks.
 gpu-bench:

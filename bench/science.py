@@ -1,0 +1,387 @@
+"""The real-audio science yardstick (DESIGN §12): does pre-training pay off on real music?
+
+    make bench-science                       # kit (once), then the shipped recipe, 3 x 3 seeds
+    python bench/science.py --recipe configs/pretrain/small-cpu.yaml --pretrain-seeds 3
+    python bench/science.py --pretrain-seeds 1 --probe-seeds 1 --heads linear --no-write \
+        --set train.max_steps=300 --name quick     # a quick look while choosing a recipe
+
+Runs the shipped path only, each stage as its own process: `launch/shard.py` on the kit's
+unlabeled corpus, then per pre-training seed `launch/pretrain.py` (DeepSpeed, one process) and
+`launch/export.py`, then per task, probe head and probe seed `launch/finetune.py --baselines`
+(pre-trained, random init and handcrafted through the same head; per-layer scores with the
+linear head). Every stage is skipped when its output exists, so a re-run resumes.
+
+Results go to WORK/results.json (every run's metrics, means and spreads, pre-training loss
+against trivial predictors, wall times), a table on stdout, and (without --no-write) the
+"Science yardstick" section of BENCHMARKS.md. Choose recipes by the valid split (`valid` in
+results.json); the test split is only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from science_kit import build_kit  # noqa: E402
+
+log = logging.getLogger("science")
+
+MODELS = ("pretrained", "random_init", "handcrafted")
+KEYS = {"genre": ("accuracy", "log_loss"), "tagging": ("roc_auc", "pr_auc", "log_loss")}
+LOWER_IS_BETTER = {"log_loss"}
+TRIVIAL = ("val/cfm", "val/cfm_interpolate", "val/cfm_clip_mean", "val/ccm", "val/ccm_interpolate")
+DEFAULT_CACHE = pathlib.Path(
+    os.environ.get("MUSICODER_REALDATA", pathlib.Path.home() / ".cache/musicoder/realdata")
+)
+BEGIN, END = "<!-- science:begin -->", "<!-- science:end -->"
+
+
+def _run(cmd: list[str], log_path: pathlib.Path, *, threads: int | None = None) -> float:
+    """Runs one stage with its output in `log_path`; returns wall seconds.
+
+    Args:
+        cmd: The command.
+        log_path: Where its stdout and stderr go.
+        threads: torch/OpenMP threads (default: every core).
+
+    Raises:
+        SystemExit: The stage failed (one line naming it and its log).
+    """
+    log.info("$ %s", " ".join(cmd))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    threads = threads or os.cpu_count() or 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as out:
+        code = subprocess.call(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if code:
+        tail = log_path.read_text().strip().splitlines()[-5:]
+        raise SystemExit(f"error: {cmd[1]} exited {code}; see {log_path}:\n" + "\n".join(tail))
+    return time.perf_counter() - start
+
+
+def _tasks(kit: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Task name -> task YAML of each labelled part of the kit."""
+    tasks = {}
+    for folder in sorted(kit.glob("task_*")):
+        yamls = sorted(folder.glob("*.yaml"))
+        if yamls:
+            tasks[folder.name.removeprefix("task_")] = yamls[0]
+    if not tasks:
+        raise SystemExit(f"error: {kit}: no task_*/*.yaml in the kit")
+    return tasks
+
+
+def _scalars(run_dir: pathlib.Path) -> dict[str, float]:
+    """Last value of each TensorBoard scalar of a pre-training run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+
+
+def pretrain(args, work: pathlib.Path, shards: pathlib.Path, seed: int) -> dict:
+    """Pre-trains and exports one seed (skipped when its export exists); returns its summary."""
+    run_dir, export = work / f"run-seed{seed}", work / f"encoder-seed{seed}"
+    summary_path = work / f"pretrain-seed{seed}.json"
+    if (export / "config.json").exists() and summary_path.exists():
+        return json.loads(summary_path.read_text())
+    overrides = [x for kv in args.set for x in ("--set", kv)]
+    seconds = _run(
+        [
+            sys.executable,
+            "launch/pretrain.py",
+            "--config",
+            args.recipe,
+            "--deepspeed",
+            "configs/deepspeed/zero2.json",
+            "--set",
+            f"data.manifest={shards}",
+            "--set",
+            f"train.output_dir={run_dir}",
+            "--set",
+            f"train.seed={seed}",
+            *overrides,
+            "--resume",
+            "auto",
+        ],
+        work / "logs" / f"pretrain-seed{seed}.log",
+    )
+    _run(
+        [sys.executable, "launch/export.py", str(run_dir), str(export)],
+        work / "logs" / f"export-seed{seed}.log",
+    )
+    scalars = _scalars(run_dir)
+    summary = {"seed": seed, "wall_seconds": round(seconds, 1), "final": scalars}
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def probe(args, work, export, task, task_yaml, head, seed) -> dict:
+    """One `launch/finetune.py --baselines` run (skipped when its metrics exist)."""
+    out = work / "probes" / f"{export.name}-{task}-{head}-seed{seed}"
+    if not (out / "metrics.json").exists():
+        _run(
+            [
+                sys.executable,
+                "launch/finetune.py",
+                "--encoder",
+                str(export),
+                "--task",
+                str(task_yaml),
+                "--baselines",
+                "--output",
+                str(out),
+                "--set",
+                f"train.seed={seed}",
+                "--set",
+                f"train.head={head}",
+                "--set",
+                f"train.per_layer={str(head == 'linear').lower()}",
+                "--set",
+                f"cache_dir={args.cache / 'features'}",
+                "--set",
+                "device=cpu",
+            ],
+            work / "logs" / f"{out.name}.log",
+            threads=1,  # probes run side by side, one per core
+        )
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _stats(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Means and spreads per task, head, model and split; per-layer scores; verdicts."""
+    out: dict = {}
+    for r in runs:
+        m = r["metrics"]
+        entry = out.setdefault(r["task"], {"kind": m["kind"], "heads": {}})
+        per_head = entry["heads"].setdefault(r["head"], {"runs": 0, "models": {}})
+        per_head["runs"] += 1
+        for model, res in m["models"].items():
+            slot = per_head["models"].setdefault(model, {})
+            for split in ("valid", "test"):
+                for key in KEYS[m["kind"]]:
+                    slot.setdefault(split, {}).setdefault(key, []).append(res[split][key])
+            for k, layer in enumerate(res.get("per_layer") or []):
+                for split in ("valid", "test"):
+                    for key in KEYS[m["kind"]]:
+                        slot.setdefault("per_layer", {}).setdefault(split, {}).setdefault(
+                            key, {}
+                        ).setdefault(k, []).append(layer[split][key])
+            for k, rank in enumerate(res.get("effective_rank") or []):
+                slot.setdefault("effective_rank", {}).setdefault(k, []).append(rank)
+    for entry in out.values():
+        for per_head in entry["heads"].values():
+            for slot in per_head["models"].values():
+                for split in ("valid", "test"):
+                    slot[split] = {k: _stats(v) for k, v in slot[split].items()}
+                if "per_layer" in slot:
+                    slot["per_layer"] = {
+                        split: {
+                            key: [_stats(v)["mean"] for _, v in sorted(layers.items())]
+                            for key, layers in keys.items()
+                        }
+                        for split, keys in slot["per_layer"].items()
+                    }
+                if "effective_rank" in slot:
+                    slot["effective_rank"] = [
+                        _stats(v)["mean"] for _, v in sorted(slot["effective_rank"].items())
+                    ]
+            per_head["verdict"] = _verdict(entry["kind"], per_head["models"])
+    return out
+
+
+def _verdict(kind: str, models: dict) -> dict:
+    """Test-split margins of the pre-trained probe (positive = better) against each baseline,
+    and whether each exceeds the larger of the two seed spreads."""
+    verdict = {}
+    for key in KEYS[kind]:
+        sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+        ours = models["pretrained"]["test"][key]
+        for base in ("random_init", "handcrafted"):
+            theirs = models[base]["test"][key]
+            margin = sign * (ours["mean"] - theirs["mean"])
+            spread = max(ours["std"], theirs["std"])
+            verdict[f"{key}_vs_{base}"] = {
+                "margin": margin,
+                "spread": spread,
+                "wins": bool(margin > spread),
+            }
+    return verdict
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def markdown(results: dict) -> str:
+    """The BENCHMARKS.md section: tables of means ± std over all seeds."""
+    cfg, pre = results["config"], results["pretrain"]
+    walls = [p["wall_seconds"] / 60 for p in pre]
+    lines = [
+        f"Recipe `{cfg['recipe']}` {' '.join(cfg['set'])}; {len(pre)} pre-training seeds x "
+        f"{cfg['probe_seeds']} probe seeds; pre-training wall time {min(walls):.1f}-"
+        f"{max(walls):.1f} min per seed (one process, this machine: {cfg['machine']}); "
+        f"measured {results['date']}. Test split, mean ± std over all "
+        f"{len(pre) * cfg['probe_seeds']} runs per cell.",
+        "",
+    ]
+    for task, entry in results["summary"].items():
+        keys = KEYS[entry["kind"]]
+        for head, per_head in entry["heads"].items():
+            lines += [
+                f"**{task}** ({entry['kind']}), {head} probe:",
+                "",
+                "| model | " + " | ".join(keys) + " |",
+                "|---|" + "---|" * len(keys),
+            ]
+            for model in MODELS:
+                test = per_head["models"][model]["test"]
+                lines.append(f"| {model} | " + " | ".join(_fmt(test[k]) for k in keys) + " |")
+            wins = [
+                f"{k}: {v['margin']:+.3f} (spread {v['spread']:.3f}){' ✔' if v['wins'] else ' ✘'}"
+                for k, v in per_head["verdict"].items()
+            ]
+            lines += ["", "Margins: " + "; ".join(wins) + ".", ""]
+            for model in ("pretrained", "random_init"):
+                slot = per_head["models"][model]
+                if "per_layer" in slot:
+                    key = keys[0]
+                    layers = slot["per_layer"]["test"][key]
+                    ranks = slot["effective_rank"]
+                    lines.append(
+                        f"- {model} per layer (test {key}, layer 0 = input embedding): "
+                        + ", ".join(f"{v:.3f}" for v in layers)
+                        + "; effective rank of pooled states: "
+                        + ", ".join(f"{v:.1f}" for v in ranks)
+                    )
+            lines.append("")
+    lines.append("Pre-training, masked-reconstruction loss on the val shards at the end (L1):")
+    lines += ["", "| seed | " + " | ".join(TRIVIAL) + " |", "|---|" + "---|" * len(TRIVIAL)]
+    for p in pre:
+        row = " | ".join(f"{p['final'].get(k, float('nan')):.4f}" for k in TRIVIAL)
+        lines.append(f"| {p['seed']} | {row} |")
+    return "\n".join(lines)
+
+
+def write_benchmarks(text: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    current = path.read_text()
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        current = head + block + rest.split(END, 1)[1]
+    else:
+        current += f"\n## Science yardstick (real audio)\n\n`make bench-science`\n\n{block}\n"
+    path.write_text(current)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--recipe", default="configs/pretrain/small-cpu.yaml")
+    parser.add_argument("--set", action="append", default=[], help="pretrain override k=v")
+    parser.add_argument("--pretrain-seeds", type=int, default=3)
+    parser.add_argument("--probe-seeds", type=int, default=3)
+    parser.add_argument("--heads", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
+    parser.add_argument("--cache", type=pathlib.Path, default=DEFAULT_CACHE)
+    parser.add_argument("--name", help="results folder name (default: recipe + overrides)")
+    parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    build_kit(args.cache)  # once; a complete kit is left as it is
+    kit = args.cache
+    tag = hashlib.sha1(" ".join(args.set).encode()).hexdigest()[:8]
+    name = args.name or f"{pathlib.Path(args.recipe).stem}-{tag}"
+    work = args.cache / "science" / name
+    shards = args.cache / "science" / "shards"
+    if not (shards / "manifest.json").exists():
+        _run(
+            [
+                sys.executable,
+                "launch/shard.py",
+                "--input",
+                str(kit / "pretrain"),
+                "--output",
+                str(shards),
+                "--seed",
+                "0",
+            ],
+            args.cache / "science" / "logs" / "shard.log",
+        )
+    pre = [pretrain(args, work, shards, seed) for seed in range(args.pretrain_seeds)]
+    jobs = [
+        (task, task_yaml, seed, head, probe_seed)
+        for task, task_yaml in _tasks(kit).items()
+        for seed in range(args.pretrain_seeds)
+        for head in args.heads
+        for probe_seed in range(args.probe_seeds)
+    ]
+
+    def one(job) -> dict:
+        task, task_yaml, seed, head, probe_seed = job
+        export = work / f"encoder-seed{seed}"
+        metrics = probe(args, work, export, task, task_yaml, head, probe_seed)
+        return {
+            "task": task,
+            "head": head,
+            "pretrain_seed": seed,
+            "probe_seed": probe_seed,
+            "metrics": metrics,
+        }
+
+    # Linear probes first: they fill the pooled-state cache that the MLP probes then reuse.
+    jobs.sort(key=lambda j: (j[3] != "linear", j[2], j[4], j[0]))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        runs = list(tqdm(pool.map(one, jobs), total=len(jobs), desc="probes", unit="run"))
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "config": {
+            "recipe": args.recipe,
+            "set": args.set,
+            "probe_seeds": args.probe_seeds,
+            "machine": f"{os.cpu_count()} cores",
+        },
+        "pretrain": pre,
+        "summary": summarize(runs),
+        "runs": runs,
+    }
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    text = markdown(results)
+    print(text)
+    if not args.no_write:
+        write_benchmarks(text)
+    log.info("results: %s", work / "results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
