@@ -7,13 +7,14 @@
 Training: `MusiCoder` under `deepspeed.initialize` with `configs/deepspeed/zero2.json` (the
 optimizer switched to torch's AdamW so no DeepSpeed op is JIT-compiled), one rank, synthetic
 masked batches (random features, the real CFM/CCM masking; no shards, no loader), bf16, the same
-forward/loss/backward/step calls as `musicoder.train`. After warm-up steps, timed steps give
+forward/loss/backward/step calls as `musicoder.training.train`. After warm-up steps, timed steps give
 frames/s, model TFLOP/s from `flops_per_frame` and MFU against the dense bf16 datasheet peak
 (989 TFLOP/s for H100 and H200 SXM). Features: `extract_features` on a batch of 30 s waveforms
 on the device, in x realtime (audio seconds per wall second). One JSON line per measurement.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,7 +29,8 @@ from musicoder.model import (
     Batch,
     MaskingConfig,
     MusiCoder,
-    apply_masking,
+    draw_masks,
+    model_input,
     flops_per_frame,
     reconstruction_loss,
     variant_config,
@@ -58,7 +60,8 @@ def synthetic_batch(batch: int, frames: int, device: torch.device) -> Batch:
         features=torch.randn(batch, frames, 324, generator=gen),
         valid=torch.ones(batch, frames, dtype=torch.bool),
     )
-    return apply_masking(clean, MaskingConfig(), gen).to(device)
+    drawn = draw_masks(clean, MaskingConfig(), gen)
+    return dataclasses.replace(drawn, masked_input=model_input(drawn)).to(device)
 
 
 def bench_training(name: str, args, device: torch.device) -> dict:

@@ -6,7 +6,7 @@ Measures in one run, on the same freshly written shards (30 s clips, 646 frames 
 each pass repeated and the best kept (the machine is shared):
   raw_wds: read every tar member's bytes with webdataset's tar iterator, no decoding (the
     reference named in issue 6);
-  raw_ours: the same with `musicoder.samples.iter_samples`, the reader the worker uses;
+  raw_ours: the same with `musicoder.shardset.reader.iter_samples`, the reader the worker uses;
   worker: the full per-worker path (tar read, npy decode + finite check, crop to 512, collate
     into one float32 batch with CMVN, CFM/CCM masks drawn), batches of 16, in process (in a
     DataLoader worker the batch is allocated in shared memory instead). The clock starts after
@@ -37,10 +37,11 @@ from fixtures_training import write_shard_set  # the test-data factory
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from musicoder import storage
-from musicoder.data import DataConfig, ShardStream, read_manifest
+from musicoder.data.stream import DataConfig, ShardStream
 from musicoder.model import MaskingConfig, flops_per_frame, variant_config
 from musicoder.model.masking import model_input
-from musicoder.samples import iter_samples
+from musicoder.shardset.manifest import read_manifest
+from musicoder.shardset.reader import iter_samples
 
 CLIP_FRAMES = 646  # 30 s at 22,050 Hz, hop 1024
 H100_BF16_TFLOPS = 989.0

@@ -23,7 +23,7 @@ from musicoder.model import (
     reconstruction_loss,
     variant_config,
 )
-from musicoder.train import default_single_process_env
+from musicoder.training.train import default_single_process_env
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json
 
 from gpu import synthetic_batch  # bench/ is sys.path[0] when run as a script

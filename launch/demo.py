@@ -22,8 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.cli import fail, make_parser
-from musicoder.config import ConfigError, add_config_arguments, config_from_args
+from musicoder.cli import EXPECTED_ERRORS, add_config_arguments, config_from_args, fail, make_parser
 from musicoder.demo import DemoConfig, DemoStageError, format_summary, run_demo
 
 FLAGS = {  # flag -> (config key, type, help)
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(
             DemoConfig, args, {key: getattr(args, key) for key, *_ in FLAGS.values()}
         )
-    except ConfigError as exc:
+    except EXPECTED_ERRORS as exc:
         fail(parser, exc)
     try:
         state = run_demo(cfg)

@@ -21,8 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.cli import fail, make_parser
-from musicoder.config import ConfigError, add_config_arguments, config_from_args
+from musicoder.cli import EXPECTED_ERRORS, add_config_arguments, config_from_args, fail, make_parser
 from musicoder.downstream import EmbedConfig
 
 
@@ -42,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(
             EmbedConfig, args, {"encoder": args.encoder, "input": args.input, "output": args.output}
         )
-    except ConfigError as exc:
+    except EXPECTED_ERRORS as exc:
         fail(parser, exc)
 
     from musicoder.downstream import embed_inputs
 
     try:
         summary = embed_inputs(cfg)
-    except (FileNotFoundError, ValueError) as exc:
+    except EXPECTED_ERRORS as exc:
         fail(parser, exc)
     print(
         f"embedded {summary['embedded']} {summary['kind']} items ({summary['rejected']} rejected), "

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.cli import fail, make_parser
+from musicoder.cli import EXPECTED_ERRORS, fail, make_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         tag = export_encoder(args.checkpoint_dir, args.out_dir)
-    except (FileNotFoundError, ValueError) as exc:
+    except EXPECTED_ERRORS as exc:
         fail(parser, exc)
     print(f"exported {tag} to {args.out_dir}")
     return 0

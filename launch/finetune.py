@@ -24,8 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.cli import fail, make_parser
-from musicoder.config import ConfigError, add_config_arguments, config_from_args
+from musicoder.cli import EXPECTED_ERRORS, add_config_arguments, config_from_args, fail, make_parser
 from musicoder.downstream import FinetuneConfig
 from musicoder.downstream.config import task_flags
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         cfg = config_from_args(FinetuneConfig, args, {**flags, **task_flags(args.task)})
-    except ConfigError as exc:
+    except EXPECTED_ERRORS as exc:
         fail(parser, exc)
 
     from musicoder.downstream import run
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         metrics = run(cfg)
-    except (FileNotFoundError, ValueError) as exc:
+    except EXPECTED_ERRORS as exc:
         fail(parser, exc)
     print(f"task {metrics['task']} ({metrics['kind']}, {metrics['mode']}): {metrics['tracks']}")
     print(format_table({"pretrained": metrics["test"], **metrics["baselines"]}))

@@ -1,4 +1,4 @@
-r"""Pre-train MusiCoder with DeepSpeed (DESIGN §7). Thin CLI around `musicoder.train.run`.
+r"""Pre-train MusiCoder with DeepSpeed (DESIGN §7). Thin CLI around `musicoder.training.train.run`.
 
 Commands:
     # one process (CPU or one GPU), no launcher needed
@@ -26,8 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.cli import fail, make_parser
-from musicoder.config import ConfigError, add_config_arguments, config_from_args
+from musicoder.cli import EXPECTED_ERRORS, add_config_arguments, config_from_args, fail, make_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
     )
 
-    from musicoder.train import PretrainConfig, default_single_process_env, run
+    from musicoder.training.config import PretrainConfig
+    from musicoder.training.train import check_inputs, default_single_process_env, run
 
     try:
         cfg = config_from_args(
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             args,
             flags={"data.manifest": args.manifest, "train.output_dir": args.output_dir},
         )
-    except ConfigError as exc:
+        check_inputs(cfg, args.deepspeed)  # every rank checks; rank 0 prints the one line
+    except EXPECTED_ERRORS as exc:
         fail(parser, exc)
     default_single_process_env()
     state = run(cfg, deepspeed_config=args.deepspeed, resume=args.resume)

@@ -23,8 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.cli import fail, make_parser
-from musicoder.config import ConfigError, add_config_arguments, config_from_args
+from musicoder.cli import EXPECTED_ERRORS, add_config_arguments, config_from_args, fail, make_parser
 from musicoder.sharding import ShardJobConfig, run
 
 # Explicit flags, each an alias for one config key (its argparse dest); None = not given.
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(ShardJobConfig, args, flags)
         result = run(cfg, dry_run=args.dry_run, progress=not args.no_progress)
-    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+    except EXPECTED_ERRORS as exc:
         fail(parser, exc)
     print(result.summary, flush=True)
     return result.exit_code

@@ -11,7 +11,7 @@ __all__ = ["__version__", "load_encoder"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_encoder":  # lazy: the encoder API imports torch and the model
-        from musicoder.encoder_api import load_encoder
+        from musicoder.pretrained import load_encoder
 
         return load_encoder
     raise AttributeError(f"module 'musicoder' has no attribute {name!r}")

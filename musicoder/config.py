@@ -15,7 +15,6 @@ scalars/flow collections (OmegaConf's dotlist parsing), never evaluated as Pytho
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import pathlib
@@ -33,28 +32,6 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration problem, described in one line naming the key (and file) and the reason."""
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the repeatable ``--config FILE`` and ``--set KEY=VALUE`` options to a parser.
-
-    Args:
-        parser: the entry script's parser; the values land in ``args.config`` and ``args.set``.
-    """
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=None,
-        metavar="FILE",
-        help="YAML config file (local path or URI); repeat to layer several, later files win",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="override one config key, e.g. --set train.lr=3e-4 (value parsed as YAML); repeatable",
-    )
 
 
 def load_config(
@@ -94,30 +71,6 @@ def load_config(
         raise ConfigError(_describe(e, source=schema.__name__)) from None
     except ValueError as e:  # a __post_init__ check
         raise ConfigError(f"invalid {schema.__name__}: {_first_line(str(e))}") from None
-
-
-def config_from_args(
-    schema: type[T], args: argparse.Namespace, flags: Mapping[str, Any] | None = None
-) -> T:
-    """Load ``schema`` from parsed arguments of a parser set up by :func:`add_config_arguments`.
-
-    Args:
-        schema: the root dataclass type.
-        args: parsed arguments; ``args.config`` and ``args.set`` are used.
-        flags: explicit flags as dotted key -> value (None = not given on the command line).
-
-    Returns:
-        An instance of ``schema``.
-
-    Raises:
-        ConfigError: as :func:`load_config`.
-    """
-    return load_config(
-        schema,
-        files=getattr(args, "config", None) or (),
-        overrides=getattr(args, "set", None) or (),
-        flags=flags,
-    )
 
 
 def to_dict(cfg: Any) -> dict:

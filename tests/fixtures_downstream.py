@@ -16,7 +16,8 @@ import soundfile as sf
 import torch
 
 from musicoder.features import num_channels, preset_config
-from musicoder.model import MusiCoderConfig, MusiCoderEncoder, save_encoder
+from musicoder.model import MusiCoderConfig, MusiCoderEncoder
+from musicoder.pretrained import save_encoder
 
 PRESET = "musicoder324"
 TINY = MusiCoderConfig(max_frames=48, dropout=0.0)  # small window: 4 s of audio = 2 chunks

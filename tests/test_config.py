@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -14,8 +13,6 @@ import pytest
 
 from musicoder.config import (
     ConfigError,
-    add_config_arguments,
-    config_from_args,
     load_config,
     save_config,
     to_dict,
@@ -28,7 +25,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SCHEMAS = {
     "model": ("musicoder.model", "MusiCoderConfig"),
     "shard": ("musicoder.sharding", "ShardJobConfig"),
-    "pretrain": ("musicoder.train", "PretrainConfig"),
+    "pretrain": ("musicoder.training.config", "PretrainConfig"),
     "tasks": ("musicoder.downstream", "TaskConfig"),
 }
 
@@ -166,17 +163,6 @@ def test_malformed_set():
 def test_post_init_errors_become_one_line():
     message = config_error(overrides=["seed=-2"])
     assert "seed: must be >= 0, got -2" in message and "Root" in message
-
-
-def test_argparse_round_trip(tmp_path):
-    path = write(tmp_path, "p.yaml", "seed: 11\n")
-    parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
-    parser.add_argument("--name")
-    args = parser.parse_args(["--config", path, "--set", "inner.lr=0.1", "--name", "cli"])
-    cfg = config_from_args(Root, args, flags={"name": args.name})
-    assert (cfg.seed, cfg.inner.lr, cfg.name) == (11, 0.1, "cli")
-    assert config_from_args(Root, parser.parse_args([]), flags={"name": None}) == Root()
 
 
 def test_to_dict_to_yaml_save_round_trip(tmp_path):

@@ -149,7 +149,7 @@ def test_configs_and_overrides_load():
     from musicoder.downstream import FinetuneConfig
     from musicoder.downstream.config import task_flags
     from musicoder.sharding import ShardJobConfig
-    from musicoder.train import PretrainConfig
+    from musicoder.training.config import PretrainConfig
 
     schemas = {
         "launch/shard.py": ShardJobConfig,

@@ -240,6 +240,6 @@ def _delete_stale(out_dir: str, keep: set[str]) -> None:
     """Remove track files of an earlier, larger or different corpus (only our own file names)."""
     audio_dir = storage.join(out_dir, AUDIO_DIR)
     for info in storage.list_objects(audio_dir, recursive=False):
-        name = info.uri.rstrip("/").rsplit("/", 1)[-1]
+        name = storage.basename(info.uri)
         if _TRACK_NAME.match(name) and f"{AUDIO_DIR}/{name}" not in keep:
             storage.delete(info.uri)

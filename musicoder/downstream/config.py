@@ -14,7 +14,7 @@ TAGGING = "tagging"
 PROBE = "probe"
 FINETUNE = "finetune"
 SPLITS = ("train", "valid", "test")
-Pooling = Literal["meanstd", "mean"]  # musicoder.encoder_api.POOLINGS (kept torch-free here)
+Pooling = Literal["meanstd", "mean"]  # musicoder.model.pooling.POOLINGS (kept torch-free here)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Inputs: an audio folder or `s3://` prefix (listed through `storage.list_objects`), one audio
 file, or a shard set (its folder or `manifest.json`: each sample's stored `feat.npy` is
-embedded, no audio is decoded). Outputs under `cfg.output`: `embeddings.npy` (float32 `(N, D)`:
+embedded, no audio is decoded; read through `musicoder.shardset`, so the format version, preset,
+shape and finite values are checked as the training loader checks them). Outputs under `cfg.output`: `embeddings.npy` (float32 `(N, D)`:
 D = 2H for the default `meanstd` pooling, H for `mean`; row i = line i of the index),
 `index.csv` (`row,path,key,segment,frames`) and, when
 something could not be embedded, `rejects.jsonl` (uri, reason, error class) with a warning
@@ -26,15 +27,17 @@ from musicoder import storage
 from musicoder.audio import AudioError
 from musicoder.downstream.cache import track_features
 from musicoder.downstream.config import EmbedConfig
-from musicoder.downstream.sources import AUDIO_EXTENSIONS, Skip, csv_text, parent_uri
+from musicoder.downstream.sources import AUDIO_EXTENSIONS, Skip, csv_text
 from musicoder.downstream.tasks import warn_skips
-from musicoder.encoder_api import load_encoder, pool_track, resolve_device
+from musicoder.model.pooling import pool_track
+from musicoder.pretrained import load_encoder, resolve_device
+from musicoder.shardset.format import MANIFEST_NAME, ShardFormatError
+from musicoder.shardset.manifest import Manifest, read_manifest
+from musicoder.shardset.reader import iter_samples
+from musicoder.shardset.sample import decode_sample
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-SHARD_LISTS = ("train", "val")
-FEAT_SUFFIX, META_SUFFIX = ".feat.npy", ".json"
 INDEX_COLUMNS = ("row", "path", "key", "segment", "frames")
 
 
@@ -69,7 +72,7 @@ def embed_inputs(cfg: EmbedConfig) -> dict:
     rejects: list[Skip] = []
     shard_manifest = _manifest_uri(cfg.input)
     if shard_manifest:
-        kind, total, items = "shards", *_shard_items(shard_manifest, encoder.preset)
+        kind, total, items = "shards", *_shard_items(shard_manifest, encoder.preset, rejects)
     else:
         uris = _audio_uris(cfg.input, rejects)
         kind, total = "audio", len(uris)
@@ -108,9 +111,9 @@ def embed_inputs(cfg: EmbedConfig) -> dict:
 
 
 def _manifest_uri(path: str) -> str | None:
-    if path.endswith(MANIFEST):
+    if path.endswith(MANIFEST_NAME):
         return path
-    candidate = storage.join(path, MANIFEST)
+    candidate = storage.join(path, MANIFEST_NAME)
     return candidate if storage.exists(candidate) else None
 
 
@@ -146,51 +149,37 @@ def _audio_items(
         yield Item(uri, "", None, features)
 
 
-def _shard_items(manifest_uri: str, preset: str) -> tuple[int, Iterator[Item]]:
-    manifest = storage.read_json(manifest_uri)
-    if manifest.get("preset") != preset:
+def _shard_items(manifest_uri: str, preset: str, rejects: list[Skip]) -> tuple[int, Iterator[Item]]:
+    manifest = read_manifest(manifest_uri)
+    if manifest.preset != preset:
         raise ValueError(
-            f"{manifest_uri}: shards use preset {manifest.get('preset')!r}, the encoder {preset!r}"
+            f"{manifest.uri}: shards use preset {manifest.preset!r}, the encoder {preset!r}"
         )
-    base = parent_uri(manifest_uri)
-    shards = [storage.join(base, s["name"]) for part in SHARD_LISTS for s in manifest.get(part, [])]
-    total = sum(s.get("samples", 0) for part in SHARD_LISTS for s in manifest.get(part, []))
-    return total, (item for shard in shards for item in _read_shard(shard))
+    shards = [*manifest.train, *manifest.val]
+    total = sum(s.samples for s in shards)
+    items = (item for shard in shards for item in _read_shard(shard.uri, manifest, preset, rejects))
+    return total, items
 
 
-def _read_shard(uri: str) -> Iterator[Item]:
-    """Streams `(key.feat.npy, key.json)` pairs of one shard tar, without extracting anything."""
-    pending: dict[str, dict] = {}
-    with storage.open_read(uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, suffix = _split_name(member.name)
-            if suffix not in (FEAT_SUFFIX, META_SUFFIX):
-                continue
-            data = tar.extractfile(member).read()
-            entry = pending.setdefault(key, {})
-            entry[suffix] = (
-                np.load(io.BytesIO(data), allow_pickle=False)
-                if suffix == FEAT_SUFFIX
-                else json.loads(data)
-            )
-            if len(entry) == 2:
-                meta, features = pending.pop(key)[META_SUFFIX], entry[FEAT_SUFFIX]
+def _read_shard(uri: str, manifest: Manifest, preset: str, rejects: list[Skip]) -> Iterator[Item]:
+    """Every sample of one shard through the shard format's reader and checks (format version,
+    preset, shape, finite values); a bad sample or an unreadable shard becomes a reject."""
+    try:
+        with storage.open_read(uri) as stream:
+            for sample in iter_samples(stream, uri):
+                try:
+                    features, meta = decode_sample(sample, manifest.channels, preset)
+                except ShardFormatError as err:
+                    rejects.append(Skip.from_error(f"{uri}:{sample['__key__']}", err))
+                    continue
                 yield Item(
-                    meta.get("source", uri), key, meta.get("segment"), torch.from_numpy(features)
+                    meta.get("source", uri),
+                    sample["__key__"],
+                    meta.get("segment"),
+                    torch.from_numpy(features),
                 )
-    if pending:
-        log.warning(
-            "%s: %d samples without both feat.npy and json were left out", uri, len(pending)
-        )
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    for suffix in (FEAT_SUFFIX, META_SUFFIX):
-        if name.endswith(suffix):
-            return name[: -len(suffix)], suffix
-    return name, ""
+    except (OSError, tarfile.TarError, ShardFormatError) as err:
+        rejects.append(Skip.from_error(uri, err))
 
 
 def _write(output: str, vectors: np.ndarray, index: list[tuple], rejects: list[Skip]) -> None:

@@ -27,13 +27,12 @@ from torch import nn
 
 from musicoder.downstream.config import GENRE, TrainConfig
 from musicoder.downstream.metrics import aggregate_tracks, mean_log_loss
-from musicoder.encoder_api import DEFAULT_POOLING, pad_chunks, pool_layers
-from musicoder.model import MusiCoderEncoder
+from musicoder.model.pooling import DEFAULT_POOLING, pad_chunks, pool_layers
+from musicoder.model import STD_FLOOR, MusiCoderEncoder
 
 log = logging.getLogger(__name__)
 
 MIN_IMPROVEMENT = 1e-5  # a smaller drop of the valid log-loss does not reset patience
-STD_FLOOR = 1e-6
 
 
 @dataclass

@@ -41,10 +41,13 @@ from musicoder.downstream.probe import (
     train_probe,
 )
 from musicoder.downstream.sources import Skip, csv_text
-from musicoder.downstream.tasks import TaskData, Track, load_task, warn_skips
-from musicoder.encoder_api import Encoder, chunk_bounds, load_encoder, resolve_device
+from musicoder.downstream.tasks import TaskData, Track, load_task, warn_skips, write_skips
+from musicoder.model.pooling import chunk_bounds
+from musicoder.pretrained import Encoder, load_encoder, resolve_device
 
 log = logging.getLogger(__name__)
+
+SKIPPED_FILE = "skipped.csv"
 
 PRETRAINED, RANDOM_INIT, HANDCRAFTED = "pretrained", "random_init", "handcrafted"
 STATES_VERSION = 1  # pooled-state cache entries (`cache_dir/states/`)
@@ -69,7 +72,7 @@ def run(cfg: FinetuneConfig) -> dict:
         raise ValueError("encoder: required (an export dir or a .safetensors path)")
     torch.manual_seed(cfg.train.seed)
     encoder = load_encoder(cfg.encoder, device=resolve_device(cfg.device))
-    task = load_task(cfg.task)
+    task = load_task(cfg.task, skip_list=storage.join(cfg.output, SKIPPED_FILE))
     cache = FeatureCache(
         cfg.cache_dir,
         preset=encoder.preset,
@@ -394,10 +397,7 @@ def _write_outputs(
     """`predictions.csv` (the encoder) and `predictions_<baseline>.csv`: one row per test track."""
     out = cfg.output
     save_config(cfg, storage.join(out, "config.yaml"))
-    rows = [(s.where, s.reason, s.error) for s in skipped]
-    storage.write_text(
-        storage.join(out, "skipped.csv"), csv_text(["where", "reason", "error"], rows)
-    )
+    write_skips(storage.join(out, SKIPPED_FILE), skipped)
     targets = [";".join(task.classes[i] for i in t.targets) for t in test]
     for name, model_probs in probs.items():
         rows = [

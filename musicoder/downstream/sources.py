@@ -3,7 +3,8 @@
 Each parser turns one layout into `Row`s (audio URI, split or None, raw labels, where it came
 from) plus `Skip`s for bad rows; `tasks.load_task` then applies the vocabulary and splits.
 A parser also says whether its URIs came from a listing (so existence needs no second check).
-Paths inside a task file must stay inside the file's folder: no absolute paths, no `..`.
+Paths in a generic CSV are relative to its folder, absolute, or URIs (DESIGN §11); MTT paths
+must stay inside the audio root (`<0-f>/<file>`).
 """
 
 from __future__ import annotations
@@ -67,19 +68,20 @@ class Row:
     where: str
 
 
-def parent_uri(uri: str) -> str:
-    """The folder or prefix that contains `uri`."""
-    if storage.is_local(uri):
-        return str(storage.local_path(uri).parent)
-    return posixpath.dirname(uri.rstrip("/"))
-
-
 def _inside(base: str, relative: str) -> str | None:
     """`base/relative`, or None when `relative` is absolute or leaves `base` (path traversal)."""
     parts = relative.replace("\\", "/").split("/")
     if not relative or relative.startswith(("/", "\\")) or "://" in relative or ".." in parts:
         return None
     return storage.join(base, *[p for p in parts if p not in ("", ".")])
+
+
+def _resolve(base: str, path: str) -> str | None:
+    """A CSV path: relative to the CSV's folder, absolute, or a URI; None for `..` under S3."""
+    try:
+        return storage.resolve(base, path)
+    except ValueError:
+        return None
 
 
 def _parse_csv(cfg: TaskConfig) -> tuple[list[Row], list[Skip], bool]:
@@ -90,7 +92,7 @@ def _parse_csv(cfg: TaskConfig) -> tuple[list[Row], list[Skip], bool]:
             raise ValueError(
                 f"{cfg.path}: missing column '{required}' (kind {cfg.kind} needs {column})"
             )
-    base, rows, skipped = parent_uri(cfg.path), [], []
+    base, rows, skipped = storage.parent(cfg.path), [], []
     for record in reader:
         where = f"{cfg.path}:{reader.line_num}"
         path, split = (record.get("path") or "").strip(), (record.get("split") or "").strip()
@@ -100,10 +102,10 @@ def _parse_csv(cfg: TaskConfig) -> tuple[list[Row], list[Skip], bool]:
             if cfg.kind == GENRE
             else tuple(t.strip() for t in raw.split(TAG_SEPARATOR) if t.strip())
         )
-        uri = _inside(base, path)
+        uri = _resolve(base, path) if path else None
         reason = (
             "empty path" if not path
-            else f"path '{path}' is absolute or leaves the CSV's folder" if uri is None
+            else f"path '{path}' leaves the CSV's S3 prefix" if uri is None
             else f"unknown split '{split}' (want train, valid or test)" if split not in SPLITS
             else f"empty {column}" if not any(labels)
             else None
@@ -122,7 +124,7 @@ def _parse_mtt(cfg: TaskConfig) -> tuple[list[Row], list[Skip], bool]:
         raise ValueError(
             f"{cfg.path}: not a MagnaTagATune annotations file (want clip_id, tags..., mp3_path)"
         )
-    tags, base = header[1:-1], cfg.audio_root or parent_uri(cfg.path)
+    tags, base = header[1:-1], cfg.audio_root or storage.parent(cfg.path)
     rows, skipped = [], []
     for values in reader:
         where = f"{cfg.path}:{reader.line_num}"

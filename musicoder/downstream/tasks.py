@@ -24,9 +24,11 @@ import numpy as np
 
 from musicoder import storage
 from musicoder.downstream.config import GENRE, SPLITS, TaskConfig
-from musicoder.downstream.sources import PARSERS, Row, Skip
+from musicoder.downstream.sources import PARSERS, Row, Skip, csv_text
 
 log = logging.getLogger(__name__)
+
+SKIP_COLUMNS = ("where", "reason", "error")
 
 EXAMPLES_IN_WARNING = 5
 EXISTS_THREADS = 16  # existence checks are I/O bound (S3 HEAD requests)
@@ -61,11 +63,13 @@ class TaskData:
         return {**out, "skipped": len(self.skipped)}
 
 
-def load_task(cfg: TaskConfig) -> TaskData:
+def load_task(cfg: TaskConfig, *, skip_list: str | None = None) -> TaskData:
     """Parses a task source into labelled tracks with splits.
 
     Args:
         cfg: The task declaration.
+        skip_list: Where to write every skipped row (`where,reason,error` CSV) when there are
+            any, also when the task then fails for lack of tracks; None writes nothing.
 
     Returns:
         The tracks, classes (sorted; tagging with `top_k`: by frequency) and skips.
@@ -83,6 +87,7 @@ def load_task(cfg: TaskConfig) -> TaskData:
         why = (err.strerror or str(err)).lower()
         where = err.filename or cfg.path
         raise ValueError(f"{where}: {why} (task {cfg.name}, source {cfg.source})") from None
+    total = len(rows) + len(skipped)
     if not listed:
         rows = _existing(rows, skipped)
     rows = _dedupe(rows, skipped)
@@ -93,12 +98,37 @@ def load_task(cfg: TaskConfig) -> TaskData:
     data = TaskData(
         cfg.name, cfg.kind, classes, sorted(tracks, key=lambda t: (t.split, t.uri)), skipped
     )
+    what = f"task {cfg.name}"
+    warn_skips(what, skipped)
+    if skipped and skip_list:
+        write_skips(skip_list, skipped)
+    summary = skip_summary(skipped, total, "rows" if cfg.source != "gtzan" else "files")
+    if summary:
+        log.warning("%s: %s%s", what, summary, f" (listed in {skip_list})" if skip_list else "")
     for split in ("train", "test"):
         if not data.split(split):
-            raise ValueError(f"{cfg.path}: task {cfg.name} has no {split} tracks after parsing")
-    warn_skips(f"task {cfg.name}", skipped)
+            listed = f"; listed in {skip_list}" if skipped and skip_list else ""
+            raise ValueError(
+                f"{cfg.path}: task {cfg.name} has no {split} tracks"
+                + (f": {summary}{listed}" if summary else "")
+            )
     log.info("task %s: %d classes, tracks %s", cfg.name, len(classes), data.counts())
     return data
+
+
+def skip_summary(skipped: list[Skip], total: int, unit: str = "rows") -> str:
+    """`500 of 500 rows skipped: 500 file not found` (reasons by count), or '' with no skips."""
+    if not skipped:
+        return ""
+    counts = collections.Counter(s.reason for s in skipped)
+    reasons = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+    return f"{len(skipped)} of {total} {unit} skipped: {reasons}"
+
+
+def write_skips(uri: str, skipped: list[Skip]) -> None:
+    """Every skip as a `where,reason,error` CSV."""
+    rows = [(s.where, s.reason, s.error) for s in skipped]
+    storage.write_text(uri, csv_text(SKIP_COLUMNS, rows))
 
 
 def warn_skips(what: str, skipped: list[Skip]) -> None:
@@ -154,7 +184,7 @@ def _existing(rows: list[Row], skipped: list[Skip]) -> list[Row]:
     with ThreadPoolExecutor(EXISTS_THREADS) as pool:
         found = list(pool.map(storage.exists, [r.uri for r in rows]))
     skipped += [
-        Skip(f"{r.where} {r.uri}", "audio file not found")
+        Skip(f"{r.where} {r.uri}", "file not found")
         for r, ok in zip(rows, found, strict=True)
         if not ok
     ]

@@ -1,26 +1,20 @@
 """MusiCoder model: config and variants, the `Batch` contract, encoder, reconstruction head,
-CFM/CCM masking, the reconstruction loss, FLOP counts and encoder export (DESIGN §6).
+CFM/CCM masking, the reconstruction loss, pooling over time and FLOP counts (DESIGN §6).
 
-Nothing here does distributed work or knows about DeepSpeed; only `export` touches storage.
+Nothing here does I/O or distributed work, or knows about DeepSpeed: exports are written and
+read by `musicoder.pretrained`.
 """
 
-from musicoder.model.batch import Batch
+from musicoder.model.batch import STD_FLOOR, Batch
 from musicoder.model.config import VARIANTS, MusiCoderConfig, variant_config
 from musicoder.model.encoder import EncoderOutput, MusiCoderEncoder
-from musicoder.model.export import load_encoder_weights, save_encoder
 from musicoder.model.flops import count_parameters, flops_per_frame
 from musicoder.model.heads import ModelOutput, MusiCoder, ReconstructionHead
 from musicoder.model.loss import LossConfig, LossOutput, reconstruction_loss
-from musicoder.model.masking import (
-    MaskingConfig,
-    apply_masking,
-    draw_masks,
-    mask_channels,
-    mask_frames,
-    model_input,
-)
+from musicoder.model.masking import MaskingConfig, draw_masks, model_input
 
 __all__ = [
+    "STD_FLOOR",
     "VARIANTS",
     "Batch",
     "EncoderOutput",
@@ -32,15 +26,10 @@ __all__ = [
     "MusiCoderConfig",
     "MusiCoderEncoder",
     "ReconstructionHead",
-    "apply_masking",
     "count_parameters",
     "draw_masks",
     "flops_per_frame",
-    "load_encoder_weights",
-    "mask_channels",
-    "mask_frames",
     "model_input",
     "reconstruction_loss",
-    "save_encoder",
     "variant_config",
 ]

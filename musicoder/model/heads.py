@@ -1,7 +1,7 @@
 """Reconstruction head and the pre-training model (encoder + head).
 
 Pre-training needs frame reconstructions; downstream code needs only the encoder, which is why
-the head lives apart and is not part of an export (`musicoder.model.export`).
+the head lives apart and is not part of an export (`musicoder.pretrained`).
 """
 
 from __future__ import annotations

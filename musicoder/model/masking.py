@@ -1,8 +1,8 @@
 """CFM and CCM masking as pure, seeded functions on a collated `Batch` (DESIGN §6, STYLE §7).
 
-Loader workers call `draw_masks`: it records every draw in the Batch (`cfm`, `ccm`, and
-`frame_source`, what each frame shows) without writing a masked copy of the features, which
-`model_input` builds on the training device; `apply_masking` does both (same draws, same result).
+Two public entry points: loader workers call `draw_masks`, which records every draw in the
+Batch (`cfm`, `ccm`, and `frame_source`, what each frame shows) without writing a masked copy
+of the features; the training device calls `model_input`, which builds that copy.
 The model never masks. All randomness comes from the explicit `torch.Generator` (one draw of it
 seeds the numpy generator that draws the masks on the CPU), inputs are never mutated, padding is
 never masked nor used as a replacement. ~0.3 ms per 16 x 512 frames on one CPU thread.
@@ -100,12 +100,12 @@ class MaskingConfig:
                 raise ValueError(f"masking.{key}: invalid value {getattr(self, key)!r}")
 
 
-def round_half_up(x: float) -> int:
+def _round_half_up(x: float) -> int:
     """Round to nearest, halves up (Python's round() rounds halves to even)."""
     return math.floor(x + 0.5)
 
 
-def channel_band(cfg: MaskingConfig, num_channels: int) -> tuple[int, int, int]:
+def _channel_band(cfg: MaskingConfig, num_channels: int) -> tuple[int, int, int]:
     """The CCM range and largest width for a batch with `num_channels` channels.
 
     Returns:
@@ -117,7 +117,7 @@ def channel_band(cfg: MaskingConfig, num_channels: int) -> tuple[int, int, int]:
         lo, hi = 0, num_channels
     width = cfg.ccm_max_width
     if width is None or cfg.ccm_hi != hi or cfg.ccm_lo != lo:
-        width = round_half_up(cfg.ccm_width_fraction * (hi - lo))
+        width = _round_half_up(cfg.ccm_width_fraction * (hi - lo))
     return lo, hi, min(width, hi - lo)
 
 
@@ -217,7 +217,7 @@ def _draw_channels(
     """Draw CCM; return ccm (B, C) bool, one band per clip."""
     if not cfg.enable_ccm:
         return torch.zeros(b, c, dtype=torch.bool, device=device)
-    lo, hi, max_width = channel_band(cfg, c)
+    lo, hi, max_width = _channel_band(cfg, c)
     u = rng.random((2, b))
     width = (u[0] * (max_width + 1)).astype(np.int64)  # u < 1, so floor(u * m) < m exactly
     start = lo + (u[1] * (hi - lo - width + 1)).astype(np.int64)  # uniform given the width
@@ -276,7 +276,7 @@ def model_input(batch: Batch, dtype: torch.dtype | None = None) -> Tensor:
     `frame_source` and `ccm` applied (each where set), built on the batch's device.
 
     Args:
-        batch: A batch from `apply_masking` or `draw_masks` (or an unmasked one).
+        batch: A batch from `draw_masks` (or an unmasked one).
         dtype: Float dtype of the result (default: that of `features`).
 
     Returns:
@@ -289,8 +289,9 @@ def model_input(batch: Batch, dtype: torch.dtype | None = None) -> Tensor:
 
 
 def draw_masks(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> Batch:
-    """CFM then CCM, drawn but not applied (what loader workers deliver): `model_input` later
-    builds what `apply_masking` with a generator in the same state returns as `masked_input`.
+    """CFM then CCM, drawn but not applied (what loader workers deliver); `model_input` builds
+    the masked input from them on the training device. Random replacement frames come from the
+    unmasked input, and the CCM band is hidden on every valid frame, replaced ones included.
 
     Args:
         batch: Collated batch (`features`, `valid`); a `masked_input` is dropped.
@@ -305,54 +306,3 @@ def draw_masks(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> 
     cfm, fs = _draw_frames(batch.valid, cfg, rng)
     ccm = _draw_channels(b, c, cfg, rng, batch.valid.device)
     return dataclasses.replace(batch, masked_input=None, cfm=cfm, ccm=ccm, frame_source=fs)
-
-
-def mask_frames(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> Batch:
-    """Contiguous Frames Masking (see the module docstring).
-
-    Args:
-        batch: Collated batch; `masked_input` is used as the base when already set.
-        cfg: Masking parameters.
-        generator: Source of all randomness (on the batch's device).
-
-    Returns:
-        A new Batch with `masked_input`, `cfm` (B, T) and `frame_source` set.
-    """
-    cfm, frame_source = _draw_frames(batch.valid, cfg, _numpy_rng(generator))
-    out = _base(batch).clone()
-    _apply_frames(out, frame_source)
-    return dataclasses.replace(batch, masked_input=out, cfm=cfm, frame_source=frame_source)
-
-
-def mask_channels(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> Batch:
-    """Contiguous Channels Masking (see the module docstring).
-
-    Args:
-        batch: Collated batch; `masked_input` is used as the base when already set.
-        cfg: Masking parameters.
-        generator: Source of all randomness (on the batch's device).
-
-    Returns:
-        A new Batch with `masked_input` and `ccm` (B, C) set.
-    """
-    b, _, c = batch.features.shape
-    ccm = _draw_channels(b, c, cfg, _numpy_rng(generator), batch.valid.device)
-    out = _base(batch).clone()
-    _apply_channels(out, batch.valid, ccm)
-    return dataclasses.replace(batch, masked_input=out, ccm=ccm)
-
-
-def apply_masking(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> Batch:
-    """CFM then CCM on one copy of the input. Random replacement frames come from the unmasked
-    input, and the CCM band is hidden on every valid frame, replaced ones included.
-
-    Args:
-        batch: Collated batch (`features`, `valid`); `masked_input` is the base when set.
-        cfg: Masking parameters.
-        generator: Source of all randomness (on the batch's device).
-
-    Returns:
-        A new Batch with `masked_input`, `cfm`, `ccm` and `frame_source` set.
-    """
-    masks = draw_masks(batch, cfg, generator)
-    return dataclasses.replace(masks, masked_input=_masked(_base(batch), masks))

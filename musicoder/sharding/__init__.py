@@ -1,8 +1,8 @@
 """Sharding: raw audio collections -> WebDataset shards + manifest in object storage (DESIGN §5).
 
-``plan`` groups inputs into shards, ``worker`` builds one shard (no Ray), ``tarwriter`` writes
-deterministic tars, ``manifest`` defines the index/manifest formats and merges them, ``driver``
-runs the tasks on Ray, ``metrics`` reports progress. :func:`run` imports the driver lazily so
+``plan`` groups inputs into shards, ``worker`` builds one shard (no Ray), ``driver`` runs the
+tasks on Ray and merges their summaries into the manifest, ``metrics`` reports progress; the
+format itself (names, tar writer, index and manifest types) is ``musicoder.shardset``'s. :func:`run` imports the driver lazily so
 that parsing a config (``launch/shard.py --help``) needs neither torch nor Ray.
 """
 

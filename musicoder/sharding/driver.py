@@ -26,20 +26,12 @@ import torch
 
 from musicoder import features, storage
 from musicoder.sharding.config import ShardJobConfig
-from musicoder.sharding.manifest import (
-    INDEX_SUFFIX,
-    MANIFEST_NAME,
-    REJECTS_NAME,
-    TAR_SUFFIX,
-    ManifestBuilder,
-    ShardSummary,
-    hours,
-    reject_fraction,
-    rejects_jsonl,
-)
-from musicoder.sharding.metrics import JobProgress
+from musicoder.sharding.metrics import JobProgress, hours
 from musicoder.sharding.plan import PLAN_NAME, PlannedShard, ShardPlan, build_plan, normalize_uri
 from musicoder.sharding.worker import ShardTask, process_shard
+from musicoder.shardset.format import INDEX_SUFFIX, MANIFEST_NAME, REJECTS_NAME, TAR_SUFFIX
+from musicoder.shardset.index import ShardSummary
+from musicoder.shardset.manifest import ManifestBuilder, reject_fraction, rejects_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +166,7 @@ def _previous_plan(output: str) -> dict:
 def _names_in(output: str) -> set[str]:
     try:
         return {
-            info.uri.rsplit("/", 1)[-1] for info in storage.list_objects(output, recursive=False)
+            storage.basename(info.uri) for info in storage.list_objects(output, recursive=False)
         }
     except FileNotFoundError:
         return set()

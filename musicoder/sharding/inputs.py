@@ -64,7 +64,7 @@ def iter_input(spec: str) -> Iterator[tuple[str, int]]:
 
 
 def _iter_list(list_uri: str) -> Iterator[tuple[str, int]]:
-    base = list_uri.rsplit("/", 1)[0]
+    base = storage.parent(list_uri)
     with storage.open_read(list_uri) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         rows: Iterator[list[str]]

@@ -13,7 +13,7 @@ import logging
 from ray.util import metrics
 from tqdm import tqdm
 
-from musicoder.sharding.manifest import ShardSummary, hours
+from musicoder.shardset.index import ShardSummary
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +102,8 @@ class JobProgress:
         """Close the bar and zero the in-flight gauge."""
         self._in_flight.set(0)
         self._bar.close()
+
+
+def hours(seconds: float) -> str:
+    """Human duration: '1.25 h' or '12.5 min'."""
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"

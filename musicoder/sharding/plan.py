@@ -44,14 +44,13 @@ from musicoder.sharding.calibrate import (
 )
 from musicoder.sharding.config import EXECUTION_KEYS, ShardJobConfig
 from musicoder.sharding.inputs import iter_input, normalize_uri, suffix
+from musicoder.shardset.format import TRAIN, VAL, shard_name
 
 log = logging.getLogger(__name__)
 
 PLAN_NAME = "plan.json"
 PLAN_FORMAT = "musicoder-shard-plan"
 PLAN_FORMAT_VERSION = 1
-TRAIN, VAL = "train", "val"
-SHARD_PREFIX = {TRAIN: "shard", VAL: "val"}
 MB = 1_000_000
 SAMPLE_OVERHEAD_BYTES = 2_500  # tar headers + padding + npy header + sample JSON
 FLAC_BYTES_PER_SAMPLE = 1.2  # 16-bit mono FLAC of music compresses to roughly 60%
@@ -299,7 +298,7 @@ def _group(
 
 
 def _shard(index: int, split: str, number: int, start: int, stop: int) -> PlannedShard:
-    return PlannedShard(index, f"{SHARD_PREFIX[split]}-{number:06d}", split, start, stop)
+    return PlannedShard(index, shard_name(split, number), split, start, stop)
 
 
 def _unique_by_real_path(files: FileTable, real: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ then the shard's index JSON, whose presence marks the shard as done.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -29,13 +28,22 @@ import torch
 
 from musicoder import features, storage
 from musicoder.audio import AudioError, Segment, iter_segments
-from musicoder.sharding.manifest import INDEX_SUFFIX, TAR_SUFFIX, ShardSummary
-from musicoder.sharding.tarwriter import ShardTarWriter
+from musicoder.shardset.format import (
+    AUDIO_SUFFIX,
+    FEATURE_SUFFIX,
+    INDEX_SUFFIX,
+    META_SUFFIX,
+    TAR_SUFFIX,
+    member_name,
+    sample_key,
+    source_sha1,
+)
+from musicoder.shardset.index import ShardSummary
+from musicoder.shardset.writer import ShardTarWriter
 
 log = logging.getLogger(__name__)
 
 SPOOL_MEMORY_BYTES = 32 * 2**20
-KEY_HASH_CHARS = 16
 FLAC_SUBTYPE = "PCM_16"
 # Not a property of the file: re-raised so that Ray retries the whole task.
 FATAL_ERRORS = (ConnectionError, TimeoutError, MemoryError)
@@ -55,11 +63,6 @@ class ShardTask:
     min_seconds: float
     keep_audio: bool = False
     batch_segments: int = 8
-
-
-def sample_key(uri: str, segment: int) -> str:
-    """Sample key ``{sha1(uri)[:16]}_{segment:05d}``: no dots, the same on every run."""
-    return f"{hashlib.sha1(uri.encode('utf-8')).hexdigest()[:KEY_HASH_CHARS]}_{segment:05d}"
 
 
 @dataclass
@@ -202,7 +205,7 @@ def _featurize(
             "feat": result.put_npy(feat),
             "meta": {
                 "source": uri,
-                "source_sha1": hashlib.sha1(uri.encode("utf-8")).hexdigest(),
+                "source_sha1": source_sha1(uri),
                 "segment": segment.index,
                 "offset": segment.offset_seconds,
                 "seconds": segment.samples.numel() / rate,
@@ -223,13 +226,14 @@ def _featurize(
 def _write_sample(
     writer: ShardTarWriter, spool: tempfile.SpooledTemporaryFile, sample: dict, truncated: bool
 ) -> None:
-    """Members in the fixed order ``.feat.npy``, ``.json``, ``.flac``."""
+    """Members in the format's fixed order (``MEMBER_ORDER``): features, JSON, FLAC."""
     key = sample["key"]
-    _copy_member(writer, spool, f"{key}.feat.npy", *sample["feat"])
+    _copy_member(writer, spool, member_name(key, FEATURE_SUFFIX), *sample["feat"])
     meta = dict(sample["meta"], truncated=truncated)
-    writer.add(f"{key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    writer.add(member_name(key, META_SUFFIX), meta_bytes)
     if "flac" in sample:
-        _copy_member(writer, spool, f"{key}.flac", *sample["flac"])
+        _copy_member(writer, spool, member_name(key, AUDIO_SUFFIX), *sample["flac"])
 
 
 def _copy_member(

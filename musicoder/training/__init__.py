@@ -1,3 +1,3 @@
-"""Pieces of the pre-training loop kept out of `musicoder/train.py`: the DeepSpeed config
-merge (`dsconfig`), checkpoint client state, pruning, universal conversion and export
-(`checkpoint`), and TensorBoard metrics (`tb`)."""
+"""Pre-training (DESIGN §7): the loop (`train`: `Pretrainer`, `run`), its config (`config`), the
+DeepSpeed config merge (`dsconfig`), checkpoint client state, pruning, universal conversion and
+export (`checkpoint`), and TensorBoard metrics (`tb`)."""

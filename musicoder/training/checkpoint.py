@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from musicoder import storage
-from musicoder.data import DataPosition
+from musicoder.data.stream import DataPosition
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,9 @@ def export_encoder(path: str, out_dir: str) -> str:
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from musicoder.model import MusiCoder, MusiCoderConfig, save_encoder
-    from musicoder.training.setup import PretrainConfig
+    from musicoder.model import MusiCoder, MusiCoderConfig
+    from musicoder.pretrained import save_encoder
+    from musicoder.training.config import PretrainConfig
 
     ckpt_dir, tag = resolve_checkpoint(path)
     state = read_state(ckpt_dir, tag)

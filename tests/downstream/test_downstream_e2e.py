@@ -38,11 +38,12 @@ from musicoder.demo_corpus import generate_corpus
 from musicoder.downstream.cache import FeatureCache
 from musicoder.downstream.metrics import PROB_EPS
 from musicoder.model import (
+    draw_masks,
+    model_input,
     Batch,
     MaskingConfig,
     MusiCoder,
     MusiCoderConfig,
-    apply_masking,
     reconstruction_loss,
 )
 
@@ -73,12 +74,12 @@ def pretrain(features: list[torch.Tensor]) -> tuple[MusiCoder, torch.Tensor, tor
             start = torch.randint(len(clips[i]) - CROP + 1, (1,), generator=generator).item()
             crops.append(clips[i][start : start + CROP])
         x = torch.stack(crops)  # (B, CROP, C)
-        batch = apply_masking(
+        batch = draw_masks(
             Batch(features=x, valid=torch.ones(x.shape[:2], dtype=torch.bool)),
             MaskingConfig(),
             generator,
         )
-        loss = reconstruction_loss(model(batch.masked_input, batch.valid).reconstruction, batch)
+        loss = reconstruction_loss(model(model_input(batch), batch.valid).reconstruction, batch)
         optimizer.zero_grad()
         loss.total.backward()
         optimizer.step()

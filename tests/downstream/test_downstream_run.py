@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,8 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from musicoder.downstream import FinetuneConfig, TaskConfig, TrainConfig, run
 from musicoder.downstream import cache as cache_module
 from musicoder.downstream.cache import FeatureCache
-from musicoder.encoder_api import Encoder
+from musicoder.pretrained import Encoder
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PITCHES = {"low": 220.0, "mid": 660.0, "high": 1980.0}
 SPLITS = ["train", "train", "train", "valid", "test", "test"]
 
@@ -82,7 +86,7 @@ def test_probe_with_baselines_writes_everything_and_caches(
 
     with open(tmp_path / "run1" / "skipped.csv") as f:
         skipped = {row["where"].split(" ")[-1].rsplit("/", 1)[-1]: row for row in csv.DictReader(f)}
-    assert skipped["missing.wav"]["reason"] == "audio file not found"
+    assert skipped["missing.wav"]["reason"] == "file not found"
     assert skipped["corrupt.wav"]["error"] == "UnreadableAudioError"
     assert skipped["silent.wav"]["error"] == "SilentAudioError"
     with open(tmp_path / "run1" / "predictions.csv") as f:
@@ -163,3 +167,36 @@ def test_feature_cache_key_follows_the_file(tmp_path, monkeypatch):
         f.write(b"garbage")
     torch.testing.assert_close(again.get(str(clip)), changed)  # damaged entry: recomputed
     assert len(calls) == 4
+
+
+def test_finetune_cli_reports_a_task_without_usable_rows_in_one_line(tiny_export, tmp_path):
+    """The user's command on a CSV whose 500 rows all name missing files."""
+    rows = "".join(f"/data/gone/{i}.wav,{'train' if i % 2 else 'test'},rock,\n" for i in range(500))
+    (tmp_path / "labels.csv").write_text("path,split,label,tags\n" + rows)
+    task = f"name: t\nkind: genre\nsource: csv\npath: {tmp_path / 'labels.csv'}\n"
+    (tmp_path / "task.yaml").write_text(task)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "launch" / "finetune.py"),
+            "--encoder",
+            str(tiny_export),
+            "--task",
+            str(tmp_path / "task.yaml"),
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: {tmp_path / 'labels.csv'}: task t has no train tracks: 500 of 500 rows "
+        f"skipped: 500 file not found; listed in {out / 'skipped.csv'}"
+    )
+    assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+    assert len((out / "skipped.csv").read_text().splitlines()) == 501

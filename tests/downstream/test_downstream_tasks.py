@@ -36,6 +36,7 @@ def test_every_task_config_loads():
 
 def test_csv_genre_keeps_good_rows_and_counts_each_bad_one(tmp_path):
     touch(tmp_path, "a/1.wav", "a/2.wav", "b/3.wav", "b/4.wav", "b/5.wav", "c/6.wav")
+    touch(tmp_path, "d/7.wav", "d/8.wav")
     (tmp_path / "labels.csv").write_text(
         "path,split,label,tags\n"
         "a/1.wav,train,rock,\n"  # line 2
@@ -45,27 +46,43 @@ def test_csv_genre_keeps_good_rows_and_counts_each_bad_one(tmp_path):
         "gone.wav,train,rock,\n"  # 6 missing file
         "b/5.wav,test, ,\n"  # 7 empty label
         "c/6.wav,dev,rock,\n"  # 8 unknown split
-        "../x.wav,train,rock,\n"  # 9 leaves the folder
-        "/etc/passwd,train,rock,\n"  # 10 absolute
+        "../x.wav,train,rock,\n"  # 9 relative to the CSV's folder: missing
+        f"{tmp_path}/d/7.wav,valid,jazz,\n"  # 10 absolute
         "a/1.wav,test,rock,\n"  # 11 duplicate (train/test leak)
         ",train,rock,\n"  # 12 empty path
+        f"file://{tmp_path}/d/8.wav,test,rock,\n"  # 13 a URI
     )
     data = load_task(TaskConfig(name="t", kind="genre", path=str(tmp_path / "labels.csv")))
     assert data.classes == ["jazz", "rock"]
     assert [(pathlib.Path(t.uri).name, t.split, t.targets) for t in data.tracks] == [
         ("2.wav", "test", (1,)),
+        ("8.wav", "test", (1,)),
         ("1.wav", "train", (1,)),
         ("3.wav", "train", (0,)),
         ("4.wav", "valid", (0,)),
+        ("7.wav", "valid", (0,)),
     ]
     got = reasons(data)
-    assert got["6"] == "audio file not found"
+    assert got["6"] == got["9"] == "file not found"
     assert got["7"] == "empty label"
     assert got["8"].startswith("unknown split 'dev'")
-    assert "leaves the CSV's folder" in got["9"] and "leaves the CSV's folder" in got["10"]
     assert got["11"] == "duplicate of an earlier row"
     assert got["12"] == "empty path"
-    assert data.counts() == {"train": 2, "valid": 1, "test": 1, "skipped": 7}
+    assert data.counts() == {"train": 2, "valid": 2, "test": 2, "skipped": 6}
+
+
+def test_csv_without_usable_rows_counts_the_reasons_and_lists_them(tmp_path):
+    rows = "".join(f"/data/gone/{i}.wav,{'train' if i % 2 else 'test'},rock,\n" for i in range(500))
+    (tmp_path / "labels.csv").write_text("path,split,label,tags\n" + rows)
+    listed = tmp_path / "out" / "skipped.csv"
+    cfg = TaskConfig(name="t", kind="genre", path=str(tmp_path / "labels.csv"))
+    with pytest.raises(ValueError) as error:
+        load_task(cfg, skip_list=str(listed))
+    assert str(error.value) == (
+        f"{tmp_path / 'labels.csv'}: task t has no train tracks: "
+        f"500 of 500 rows skipped: 500 file not found; listed in {listed}"
+    )
+    assert len(listed.read_text().splitlines()) == 501
 
 
 def test_csv_tagging_vocabulary_and_top_k(tmp_path):
@@ -172,7 +189,7 @@ def test_mtt_directory_split_top_k_and_bad_rows(tmp_path):
     }
     got = reasons(data)
     assert got["7"] == "no tags among the top 3"
-    assert got["8"] == "audio file not found"
+    assert got["8"] == "file not found"
     assert "is not <0-f>/<file>" in got["9"]
     assert got["10"] == "tag value other than 0 or 1"
     assert got["11"] == "expected 6 columns, got 5"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from musicoder.model import Batch, MaskingConfig, apply_masking
+from musicoder.model import Batch, MaskingConfig, draw_masks
 from musicoder.model.baselines import baseline_losses, predict
 
 
@@ -47,7 +47,7 @@ def test_hidden_cells_and_padding_are_never_read(name):
     x = torch.randn(3, 40, 20)
     valid = torch.ones(3, 40, dtype=torch.bool)
     valid[1, 30:] = False
-    batch = apply_masking(
+    batch = draw_masks(
         Batch(features=x, valid=valid),
         MaskingConfig(cfm_fraction=0.3, ccm_lo=0, ccm_hi=20),
         torch.Generator().manual_seed(1),

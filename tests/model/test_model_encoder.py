@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from musicoder.model import (
+    draw_masks,
+    model_input,
     Batch,
     MaskingConfig,
     MusiCoder,
-    apply_masking,
     reconstruction_loss,
     variant_config,
 )
@@ -24,7 +27,8 @@ def masked_batch(lengths: list[int], t: int, c: int = 324, seed: int = 0) -> Bat
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(len(lengths), t, c, generator=gen)
     valid = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
-    return apply_masking(Batch(features, valid), MaskingConfig(), gen)
+    drawn = draw_masks(Batch(features, valid), MaskingConfig(), gen)
+    return dataclasses.replace(drawn, masked_input=model_input(drawn))
 
 
 def test_output_shapes_and_hidden_states():
@@ -125,9 +129,10 @@ def test_cuda_masking_and_bf16_attention_kernels():
     valid = torch.ones(4, 64, dtype=torch.bool, device="cuda")
     valid[1, 40:] = False
     valid[3] = False  # a clip without frames must not produce NaN in the fused kernels
-    batch = apply_masking(
+    batch = draw_masks(
         Batch(features, valid), MaskingConfig(), torch.Generator("cuda").manual_seed(0)
     )
+    batch = dataclasses.replace(batch, masked_input=model_input(batch))
     assert not (batch.cfm & ~valid).any()
     with torch.no_grad():
         reference = model(batch.masked_input, valid).reconstruction

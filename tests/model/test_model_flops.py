@@ -8,10 +8,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from musicoder.model import (
+    draw_masks,
+    model_input,
     Batch,
     MaskingConfig,
     MusiCoder,
-    apply_masking,
     flops_per_frame,
     reconstruction_loss,
     variant_config,
@@ -23,10 +24,10 @@ def measured_flops_per_frame(model: MusiCoder, batch_size: int, seq_len: int, pa
     valid = torch.ones(batch_size, seq_len, dtype=torch.bool)
     if pad:
         valid[0, seq_len // 2 :] = False  # exercises the masked attention path too
-    batch = apply_masking(Batch(features, valid), MaskingConfig(), torch.Generator().manual_seed(0))
+    batch = draw_masks(Batch(features, valid), MaskingConfig(), torch.Generator().manual_seed(0))
     # The counter has no formula for fused CPU attention, so force the math backend (plain bmm).
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        out = model(batch.masked_input, batch.valid)
+        out = model(model_input(batch), batch.valid)
         reconstruction_loss(out.reconstruction, batch).total.backward()
     return counter.get_total_flops() / (batch_size * seq_len)
 

@@ -1,16 +1,26 @@
-"""Tests for musicoder/model/masking.py: CFM/CCM statistics over many draws, padding, seeding."""
+"""Tests for musicoder/model/masking.py through its two entry points (`draw_masks` in the
+loader, `model_input` on the device): CFM/CCM statistics over many draws, padding, seeding."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-from musicoder.model import Batch, MaskingConfig, apply_masking, mask_channels, mask_frames
-from musicoder.model.masking import channel_band, draw_masks, model_input
+from musicoder.model import Batch, MaskingConfig, draw_masks, model_input
 
 P_MIN = 1e-3  # chi-square tests fail below this p-value
+CFM_ONLY = MaskingConfig(enable_ccm=False)
+CCM_ONLY = MaskingConfig(enable_cfm=False)
+
+
+def masked(batch: Batch, cfg: MaskingConfig, generator: torch.Generator) -> Batch:
+    """What the trainer sees: masks drawn as in a loader worker, the input built from them."""
+    drawn = draw_masks(batch, cfg, generator)
+    return dataclasses.replace(drawn, masked_input=model_input(drawn))
 
 
 def clamped_geometric_mean(p: float = 0.2, lo: int = 2, hi: int = 7) -> float:
@@ -36,10 +46,7 @@ def runs(row: np.ndarray) -> list[tuple[int, int]]:
 def long_clip_draws() -> list[tuple[Batch, Batch]]:
     """CFM on long clips (so clip ends barely matter), several seeds."""
     batch = make_batch([1000] * 48, t=1000)
-    return [
-        (batch, mask_frames(batch, MaskingConfig(), torch.Generator().manual_seed(s)))
-        for s in range(4)
-    ]
+    return [(batch, masked(batch, CFM_ONLY, torch.Generator().manual_seed(s))) for s in range(4)]
 
 
 def test_expected_span_mean_is_the_design_value():
@@ -62,10 +69,10 @@ def test_cfm_span_lengths(long_clip_draws):
 
 def test_cfm_80_10_10_split(long_clip_draws):
     kinds = {"zero": 0, "random": 0, "keep": 0}
-    for batch, masked in long_clip_draws:
-        for i, row in enumerate(masked.cfm.numpy()):
+    for batch, drawn in long_clip_draws:
+        for i, row in enumerate(drawn.cfm.numpy()):
             for s, e in runs(row):
-                got, orig = masked.masked_input[i, s:e], batch.features[i, s:e]
+                got, orig = drawn.masked_input[i, s:e], batch.features[i, s:e]
                 if torch.equal(got, torch.zeros_like(got)):
                     kinds["zero"] += 1
                 elif torch.equal(got, orig):
@@ -83,18 +90,16 @@ def test_cfm_80_10_10_split(long_clip_draws):
 
 
 def test_cfm_leaves_unmasked_frames_alone(long_clip_draws):
-    batch, masked = long_clip_draws[0]
-    keep = ~masked.cfm
-    assert torch.equal(masked.masked_input[keep], batch.features[keep])
-    assert masked.ccm is None
+    batch, drawn = long_clip_draws[0]
+    keep = ~drawn.cfm
+    assert torch.equal(drawn.masked_input[keep], batch.features[keep])
+    assert not drawn.ccm.any()
 
 
 def test_ccm_width_and_start_are_uniform():
-    cfg = MaskingConfig()
-    lo, hi, max_width = channel_band(cfg, 324)
-    assert (lo, hi, max_width) == (52, 324, 54)
+    lo, hi, max_width = 52, 324, 54  # DESIGN §6: mel + CQT, W = round(0.2 * 272)
     batch = make_batch([1] * 20000, t=1, c=324)
-    ccm = mask_channels(batch, cfg, torch.Generator().manual_seed(3)).ccm.numpy()
+    ccm = draw_masks(batch, CCM_ONLY, torch.Generator().manual_seed(3)).ccm.numpy()
     width = ccm.sum(axis=1)
     start = np.where(width > 0, ccm.argmax(axis=1), -1)
     nonzero = width > 0
@@ -120,21 +125,23 @@ def test_ccm_width_and_start_are_uniform():
 
 def test_ccm_zeroes_band_on_valid_frames_only():
     batch = make_batch([50, 20, 0], t=50, c=324)
-    masked = mask_channels(batch, MaskingConfig(), torch.Generator().manual_seed(0))
+    out = masked(batch, CCM_ONLY, torch.Generator().manual_seed(0))
     for i in range(3):
-        band, valid = masked.ccm[i], batch.valid[i]
-        assert torch.all(masked.masked_input[i][valid][:, band] == 0)
-        got, want = masked.masked_input[i][valid], batch.features[i][valid]
+        band, valid = out.ccm[i], batch.valid[i]
+        assert torch.all(out.masked_input[i][valid][:, band] == 0)
+        got, want = out.masked_input[i][valid], batch.features[i][valid]
         assert torch.equal(got[:, ~band], want[:, ~band])
-        assert torch.equal(masked.masked_input[i][~valid], batch.features[i][~valid])
+        assert torch.equal(out.masked_input[i][~valid], batch.features[i][~valid])
 
 
 def test_ccm_range_falls_back_to_all_channels_for_smaller_inputs():
-    assert channel_band(MaskingConfig(), 128) == (0, 128, 26)
-    assert channel_band(MaskingConfig(ccm_lo=0, ccm_hi=64, ccm_max_width=10), 128) == (0, 64, 10)
     batch = make_batch([30] * 500, t=30, c=128)
-    ccm = mask_channels(batch, MaskingConfig(), torch.Generator().manual_seed(0)).ccm
-    assert ccm.sum(dim=1).max().item() == 26
+    ccm = draw_masks(batch, CCM_ONLY, torch.Generator().manual_seed(0)).ccm
+    assert ccm.sum(dim=1).max().item() == 26  # round(0.2 * 128) over all 128 channels
+    assert ccm[:, 0].any() and ccm[:, 127].any()
+    narrow = dataclasses.replace(CCM_ONLY, ccm_lo=0, ccm_hi=64, ccm_max_width=10)
+    ccm = draw_masks(batch, narrow, torch.Generator().manual_seed(0)).ccm
+    assert ccm.sum(dim=1).max().item() == 10 and not ccm[:, 64:].any()
 
 
 def test_padding_is_never_masked():
@@ -148,25 +155,25 @@ def test_padding_is_never_masked():
     features = torch.randn(6, 40, 16)
     batch = Batch(features=features, valid=valid)
     for seed in range(50):
-        masked = apply_masking(
+        out = masked(
             batch,
             MaskingConfig(cfm_fraction=0.4, ccm_lo=0, ccm_hi=16),
             torch.Generator().manual_seed(seed),
         )
-        assert not (masked.cfm & ~valid).any()
-        assert torch.equal(masked.masked_input[~valid], features[~valid])
+        assert not (out.cfm & ~valid).any()
+        assert torch.equal(out.masked_input[~valid], features[~valid])
         # Replacement frames come only from valid frames of the same clip.
-        assert torch.isfinite(masked.masked_input).all()
-    assert masked.cfm[0].any() and masked.cfm[3].any() and not masked.cfm[5].any()
+        assert torch.isfinite(out.masked_input).all()
+    assert out.cfm[0].any() and out.cfm[3].any() and not out.cfm[5].any()
 
 
 def test_masking_is_pure_and_seeded():
     batch = make_batch([64, 40, 10], t=64, c=324)
     before = batch.features.clone(), batch.valid.clone()
     cfg = MaskingConfig()
-    first = apply_masking(batch, cfg, torch.Generator().manual_seed(7))
-    again = apply_masking(batch, cfg, torch.Generator().manual_seed(7))
-    other = apply_masking(batch, cfg, torch.Generator().manual_seed(8))
+    first = masked(batch, cfg, torch.Generator().manual_seed(7))
+    again = masked(batch, cfg, torch.Generator().manual_seed(7))
+    other = masked(batch, cfg, torch.Generator().manual_seed(8))
     assert torch.equal(batch.features, before[0]) and torch.equal(batch.valid, before[1])
     assert batch.masked_input is None and batch.cfm is None and batch.ccm is None
     for name in ("masked_input", "cfm", "ccm"):
@@ -175,25 +182,24 @@ def test_masking_is_pure_and_seeded():
     assert not torch.equal(first.ccm, other.ccm)
     # The global RNG is not used: its state is unchanged by masking.
     state = torch.random.get_rng_state()
-    apply_masking(batch, cfg, torch.Generator().manual_seed(7))
+    masked(batch, cfg, torch.Generator().manual_seed(7))
     assert torch.equal(state, torch.random.get_rng_state())
 
 
 def test_disabled_parts_and_empty_batches():
     batch = make_batch([20, 0], t=20, c=324)
     off = MaskingConfig(enable_cfm=False, enable_ccm=False)
-    masked = apply_masking(batch, off, torch.Generator().manual_seed(0))
-    assert not masked.cfm.any() and not masked.ccm.any()
-    assert torch.equal(masked.masked_input, batch.features)
-    assert masked.masked_input is not batch.features
-    empty = apply_masking(make_batch([], t=5, c=324), MaskingConfig(), torch.Generator())
+    drawn = draw_masks(batch, off, torch.Generator().manual_seed(0))
+    assert not drawn.cfm.any() and not drawn.ccm.any()
+    assert torch.equal(model_input(drawn), batch.features)
+    empty = draw_masks(make_batch([], t=5, c=324), MaskingConfig(), torch.Generator())
     assert empty.cfm.shape == (0, 5) and empty.ccm.shape == (0, 324)
 
 
 def test_short_clips_stay_within_their_frames():
     batch = make_batch([1, 2, 4, 7, 13], t=13)
     for seed in range(200):
-        cfm = mask_frames(batch, MaskingConfig(), torch.Generator().manual_seed(seed)).cfm
+        cfm = draw_masks(batch, MaskingConfig(), torch.Generator().manual_seed(seed)).cfm
         assert not (cfm & ~batch.valid).any()
         assert cfm[4].sum() <= 7
 
@@ -224,20 +230,26 @@ def _odd_valid() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_drawn_masks_build_the_same_input_as_apply_masking(seed):
+def test_model_input_applies_the_drawn_masks(seed):
     valid = _odd_valid()
     features = torch.randn(5, 40, 16, generator=torch.Generator().manual_seed(seed))
     batch = Batch(features=features, valid=valid)
     cfg = MaskingConfig(cfm_fraction=0.4, ccm_lo=0, ccm_hi=16)
     drawn = draw_masks(batch, cfg, torch.Generator().manual_seed(seed))
-    applied = apply_masking(batch, cfg, torch.Generator().manual_seed(seed))
     assert drawn.masked_input is None and batch.frame_source is None
-    for name in ("cfm", "ccm", "frame_source"):
-        assert torch.equal(getattr(drawn, name), getattr(applied, name))
-    assert torch.equal(model_input(drawn), applied.masked_input)
+    built = model_input(drawn)
+    time = torch.arange(40).expand(5, 40)
+    source = drawn.frame_source.clamp(min=0)
+    expected = torch.gather(features, 1, source[..., None].expand(-1, -1, 16)).clone()
+    expected[drawn.frame_source < 0] = 0  # zeroed CFM frames
+    expected[(valid[:, :, None] & drawn.ccm[:, None, :])] = 0  # the CCM band on valid frames
+    expected[~valid] = features[~valid]
+    assert torch.equal(built, expected)
+    assert torch.equal(drawn.frame_source[~drawn.cfm], time[~drawn.cfm])
     half = model_input(drawn, torch.bfloat16)
-    assert half.dtype == torch.bfloat16 and torch.equal(half, applied.masked_input.bfloat16())
-    assert model_input(applied) is applied.masked_input
+    assert half.dtype == torch.bfloat16 and torch.equal(half, built.bfloat16())
+    with_input = dataclasses.replace(drawn, masked_input=built)
+    assert model_input(with_input) is built
     assert model_input(batch) is batch.features
 
 
@@ -305,8 +317,8 @@ def test_masks_on_cuda_are_drawn_there():
     batch = make_batch([64, 40, 10], t=64, c=324).to("cuda")
     cfg = MaskingConfig()
     drawn = draw_masks(batch, cfg, torch.Generator("cuda").manual_seed(7))
-    applied = apply_masking(batch, cfg, torch.Generator("cuda").manual_seed(7))
+    again = draw_masks(batch, cfg, torch.Generator("cuda").manual_seed(7))
     for name in ("cfm", "ccm", "frame_source"):
         assert getattr(drawn, name).device.type == "cuda"
-        assert torch.equal(getattr(drawn, name), getattr(applied, name))
-    assert torch.equal(model_input(drawn), applied.masked_input)
+        assert torch.equal(getattr(drawn, name), getattr(again, name))
+    assert model_input(drawn).device.type == "cuda"

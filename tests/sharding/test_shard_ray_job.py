@@ -1,6 +1,10 @@
-"""End to end: a real ``ray start --head`` + ``ray job submit`` writing shards to the loopback S3.
+"""End to end: README's ``ray start --head`` + ``ray job submit`` writing shards to the loopback S3.
 
-The cluster is a child process started with the S3 environment (credentials reach Ray workers
+As on a machine where a local Ray (the demo) has already run, the home folder holds a token in
+``~/.ray/auth_token`` (a temp HOME here: Ray reads the token from $HOME, so the real one is never
+touched), ``ray start`` turns token authentication on, and the README's ``RAY_AUTH_MODE=token``
+is what lets ``ray job`` send the token. The cluster is a child process started with the S3
+environment (credentials reach Ray workers
 through the environment of ``ray start``, DESIGN §3), on free ports and its own temp dir so it
 never meets the session's in-process Ray or anyone else's, and it is stopped by its handle. The
 job shards the same corpus with the same flags as the shared local run, so every object read
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -61,17 +66,24 @@ def _submit_shard(url: str, *args: str) -> list[str]:
 
 
 @pytest.fixture
-def ray_head(s3_env: str):
-    """``ray start --head --block`` as a child process with the S3 environment; yields its URL."""
+def ray_head(s3_env: str, tmp_path: Path):
+    """``ray start --head --block`` as a child process with the S3 environment, the README's
+    ``RAY_AUTH_MODE=token`` and a token already in ``$HOME/.ray``; yields its URL and env."""
     ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray puts sockets below it
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))  # as a local ray.init() does
     env = dict(
         os.environ,
         PATH=f"{VENV_BIN}:{os.environ['PATH']}",
+        HOME=str(home),
         OMP_NUM_THREADS="1",
         RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="token",  # README: `export RAY_AUTH_MODE=token`
     )
-    env.pop("RAY_ADDRESS", None)
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
     cmd = [
         _ray(),
         "start",
@@ -124,6 +136,18 @@ def test_ray_job_submit_shards_to_s3(
     from musicoder import storage
 
     url, env = ray_head
+    # Token authentication is really on: without RAY_AUTH_MODE=token, `ray job` sends no token.
+    no_mode = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+    probe = subprocess.run(
+        [_ray(), "job", "list", "--address", url],
+        check=False,
+        env=no_mode,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode != 0 and "authentication" in (probe.stdout + probe.stderr).lower()
+    token = (Path(env["HOME"]) / ".ray" / "auth_token").read_text()
     output = f"{s3_env}/corpus/v1"
     cmd = _submit_shard(url, "--output", output, "--no-progress", *RUN_ARGS)
     for uri in shard_corpus.inputs:
@@ -134,8 +158,9 @@ def test_ray_job_submit_shards_to_s3(
     logs = job.stdout[-3000:] + job.stderr[-3000:]
     assert job.returncode == 0, logs
     assert "sharded " in job.stdout and "succeeded" in job.stdout, logs
+    assert token not in job.stdout + job.stderr  # never printed
 
-    names = {info.uri.rsplit("/", 1)[-1] for info in storage.list_objects(output)}
+    names = {storage.basename(info.uri) for info in storage.list_objects(output)}
     local = {p.name for p in shard_run.output.iterdir() if not p.name.startswith(".")}
     assert names == local
     for name in sorted(local - {"manifest.json"}):

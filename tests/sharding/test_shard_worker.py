@@ -14,7 +14,8 @@ import soundfile as sf
 from fixtures_audio import AudioCases, write_tone
 
 from musicoder import features
-from musicoder.sharding.worker import ShardTask, process_shard, sample_key
+from musicoder.sharding.worker import ShardTask, process_shard
+from musicoder.shardset.format import sample_key
 
 SEGMENT = 2.5
 GOOD = [

@@ -1,0 +1,333 @@
+"""Streaming training batches from WebDataset shards (DESIGN §5, §7).
+
+Reads a shard set through its manifest (`musicoder.shardset.manifest`; local folder or `s3://`
+prefix, via `musicoder.storage.open_read`, never a shell pipe) with the shard format's one tar
+reader (`musicoder.shardset.reader`), and turns it into `Batch` objects with their masks drawn
+(applied later, on the training device, by `model_input`) inside DataLoader workers.
+
+Every rank yields exactly the same number of batches per epoch: `musicoder.data.plan.plan_epoch`
+gives each (rank, worker) slot its shards and a batch quota; a slot that runs dry re-draws from
+its shards (then from all shards) instead of stopping early.
+
+Samples are decoded and checked by `musicoder.shardset.sample` (npy header parsed without
+pickle, `np.frombuffer` views, JSON). A worker keeps each clip as stored (float16) until
+it is cropped, then copies the crops straight into one preallocated float32 batch (converting
+on the copy; in a DataLoader worker that batch lives in shared memory, so handing it to the
+trainer copies nothing) and normalizes them there in place, `x * inv_std - mean * inv_std`.
+Masks are drawn in the worker (`draw_masks`) but applied on the training device
+(`model_input`): the worker never writes a second (B, T, C) tensor. Each batch carries the id
+and sample count of its worker so the trainer can record an exact resume position.
+
+The DataLoader keeps its workers across epochs (`persistent_workers`). The workers hold copies of
+the stream, so the epoch and the per-worker resume skips live in a small shared-memory tensor that
+`set_epoch` / `set_position` write and `__iter__` reads when each epoch starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from musicoder import storage
+from musicoder.data.collate import collate
+from musicoder.data.plan import WorkerPlan, derive_seed, plan_epoch
+from musicoder.model import STD_FLOOR, Batch, MaskingConfig
+from musicoder.model.masking import draw_masks
+from musicoder.shardset.format import ShardFormatError
+from musicoder.shardset.manifest import Manifest
+from musicoder.shardset.reader import BufferPool, iter_samples
+from musicoder.shardset.sample import decode_sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Where training data comes from and how clips become batches."""
+
+    manifest: str = "shards"  # manifest.json or its folder; local path, file:// or s3://
+    preset: str = "musicoder324"  # feature preset the model expects; the manifest must match
+    max_frames: int = 512  # random crop length (frames); shorter clips are padded
+    shuffle_buffer: int = 256  # samples held per worker for shuffling (0 = read order)
+    num_workers: int = 2  # DataLoader worker processes per rank (0 = in the training process)
+    prefetch_factor: int = 2  # batches each worker keeps ready
+    normalize: bool = True  # CMVN with the manifest's per-channel mean/std
+    val_max_batches: int = 8  # validation batches per rank per evaluation
+
+    def __post_init__(self) -> None:
+        for key in ("max_frames", "prefetch_factor", "val_max_batches"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("shuffle_buffer", "num_workers"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"data.{key}: must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
+class DataPosition:
+    """Where a rank's stream stands: the epoch and samples consumed per loader worker.
+
+    Every rank consumes the same number of batches from each worker, so rank 0's position
+    describes all ranks.
+    """
+
+    epoch: int = 0
+    consumed: list[int] = field(default_factory=list)  # samples, per worker, this epoch
+    world_size: int = 1
+    num_workers: int = 1
+    batch_size: int = 1
+
+
+@dataclass
+class BatchInfo:
+    """Where a batch came from, for resume positions and data-health metrics."""
+
+    worker: int
+    consumed: int  # samples this worker has delivered this epoch, this batch included
+    skipped_shards: int
+    skipped_samples: int
+    frames: int  # valid frames in the batch
+
+
+@dataclass
+class _Reading:
+    """One worker's reading state for one epoch: skip counters and its payload buffers."""
+
+    pool: BufferPool
+    shards: int = 0  # unreadable shards skipped
+    samples: int = 0  # bad samples skipped
+
+
+def _identity(item):
+    return item
+
+
+class ShardStream(IterableDataset):
+    """Batches with drawn masks for one rank; iterate once per epoch after `set_epoch`.
+
+    Yields `(Batch, BatchInfo)` pairs, exactly `batches_per_epoch` per rank per epoch.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: DataConfig,
+        masking: MaskingConfig,
+        *,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int,
+        split: str = "train",
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        self.shards = manifest.train if split == "train" else manifest.val
+        if not self.shards:
+            raise ValueError(f"{manifest.uri}: no {split} shards")
+        self.manifest, self.config, self.masking = manifest, config, masking
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.seed, self.shuffle = seed, shuffle
+        self.num_workers = max(1, config.num_workers)
+        # [epoch, skip per worker]: shared with persistent DataLoader workers, read per epoch
+        self._position = torch.zeros(1 + self.num_workers, dtype=torch.int64)
+        if config.num_workers:
+            self._position.share_memory_()
+        stats = manifest.stats
+        std = np.maximum(stats.std.astype(np.float32), STD_FLOOR)  # (C,)
+        self._mean = torch.from_numpy(stats.mean.astype(np.float32)) if config.normalize else None
+        self._inv_std = torch.from_numpy(1.0 / std) if config.normalize else None
+        self.batches_per_epoch = sum(plan.batches for plan in self._plans(0))  # same every epoch
+
+    def _plans(self, epoch: int) -> list[WorkerPlan]:
+        return plan_epoch(
+            [s.samples for s in self.shards],
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+        )[self.rank]
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration yields."""
+        return int(self._position[0])
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._position[0] = epoch
+
+    @property
+    def skip(self) -> list[int]:
+        """Samples each logical worker skips at the start of the next iteration (resume)."""
+        return self._position[1:].tolist()
+
+    @skip.setter
+    def skip(self, skip: Sequence[int]) -> None:
+        self._position[1:] = torch.tensor(skip, dtype=torch.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning (also in persistent DataLoader workers)."""
+        self.epoch, self.skip = epoch, [0] * self.num_workers
+
+    def set_position(self, position: DataPosition) -> None:
+        """Resume mid-epoch. Exact on the same world size, workers and batch size; otherwise
+        the new slots skip an equal share of the samples consumed so far (approximate)."""
+        self.epoch = position.epoch
+        same = (position.world_size, position.num_workers, position.batch_size) == (
+            self.world_size,
+            self.num_workers,
+            self.batch_size,
+        )
+        if same and len(position.consumed) == self.num_workers:
+            self.skip = list(position.consumed)
+            return
+        total = sum(position.consumed) * position.world_size
+        batches = min(total // (self.world_size * self.batch_size), self.batches_per_epoch)
+        self.skip = [
+            (batches // self.num_workers + (w < batches % self.num_workers)) * self.batch_size
+            for w in range(self.num_workers)
+        ]
+        log.info(
+            "data position from world %d x %d workers mapped to skip %s samples per worker",
+            position.world_size,
+            position.num_workers,
+            self.skip,
+        )
+
+    def __iter__(self) -> Iterator[tuple[Batch, BatchInfo]]:
+        info = get_worker_info()
+        epoch, skips = self.epoch, self.skip  # read once, when the epoch starts
+        # Batch b of an epoch comes from logical worker b % W (the DataLoader's round robin).
+        # After a resume the DataLoader starts again at its worker 0, so rotate the mapping to
+        # make that worker the logical one that is next in line.
+        rotation = sum(skips) // self.batch_size
+        worker = ((info.id if info is not None else 0) + rotation) % self.num_workers
+        if info is not None and info.num_workers != self.num_workers:
+            raise ValueError(
+                f"DataLoader has {info.num_workers} workers, stream planned for {self.num_workers}"
+            )
+        if info is not None:  # a loader process: one thread each (in-process, leave the trainer's)
+            torch.set_num_threads(1)
+        skip = skips[worker]
+        plan = self._plans(epoch)[worker]
+        reading = _Reading(BufferPool(limit=2 * self.batch_size))
+        stream = self._clips(plan, epoch, worker, reading)
+        for _ in range(skip):
+            next(stream)
+        for index in range(skip // self.batch_size, plan.batches):
+            clips = [next(stream) for _ in range(self.batch_size)]
+            batch = collate(clips, mean=self._mean, inv_std=self._inv_std)
+            for clip in clips:  # copied: their payload buffers can take the next samples
+                reading.pool.give(clip)
+            gen = torch.Generator().manual_seed(
+                derive_seed(self.seed, epoch, self.rank, worker, index)
+            )
+            batch = draw_masks(batch, self.masking, gen)
+            yield (
+                batch,
+                BatchInfo(
+                    worker=worker,
+                    consumed=(index + 1) * self.batch_size,
+                    skipped_shards=reading.shards,
+                    skipped_samples=reading.samples,
+                    frames=int(batch.valid.sum()),
+                ),
+            )
+
+    def _clips(
+        self, plan: WorkerPlan, epoch: int, worker: int, reading: _Reading
+    ) -> Iterator[np.ndarray]:
+        """Cropped clips `(T, C)` as stored, in shuffled order, re-drawn without end."""
+        rng = np.random.default_rng(derive_seed(self.seed, epoch, self.rank, worker, 1))
+        # A buffer larger than the slot's share would re-read shards before the first batch.
+        share = sum(self.shards[i].samples for i in plan.shards) // plan.stride
+        size = min(self.config.shuffle_buffer, share) if self.shuffle else 0
+        buffer: list[np.ndarray] = []
+        for feats in self._records(plan, rng, reading):
+            if size > 1:
+                buffer.append(feats)
+                if len(buffer) < size:
+                    continue
+                j = int(rng.integers(len(buffer)))
+                buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                feats = buffer.pop()
+            yield self._prepare(feats, rng)
+
+    def _prepare(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        extra = feats.shape[0] - self.config.max_frames
+        if extra > 0:  # a view: nothing is copied until collation
+            start = int(rng.integers(extra + 1)) if self.shuffle else 0
+            feats = feats[start : start + self.config.max_frames]
+        return feats
+
+    def _records(
+        self, plan: WorkerPlan, rng: np.random.Generator, reading: _Reading
+    ) -> Iterator[np.ndarray]:
+        """Decoded samples of the slot's shards, round after round; a round without any
+        readable sample widens to every shard, and if none of those is readable either, raise."""
+        offsets = np.concatenate([[0], np.cumsum([s.samples for s in self.shards])])
+        shards, failed, dead = list(plan.shards), set(), set()
+        while True:
+            delivered = 0
+            for i in shards:
+                if i in dead:
+                    continue
+                read = 0
+                try:
+                    for k, feats in enumerate(self._read_shard(self.shards[i].uri, reading)):
+                        read += 1
+                        if feats is not None and (offsets[i] + k) % plan.stride == plan.offset:
+                            delivered += 1
+                            yield feats
+                except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+                    if read == 0:  # nothing usable: never open it again this epoch
+                        dead.add(i)
+                    if i not in failed:  # a readable prefix stays in use for re-draws
+                        failed.add(i)
+                        reading.shards += 1
+                        log.warning(
+                            "skipping unreadable shard %s after %d samples: %s",
+                            self.shards[i].uri,
+                            read,
+                            exc.args[0] if exc.args else exc,
+                        )
+            if delivered == 0:
+                if len(shards) == len(self.shards) and plan.stride == 1:
+                    raise ShardFormatError(f"{self.manifest.uri}: no readable samples in any shard")
+                shards, plan = list(range(len(self.shards))), WorkerPlan((), 1, 0, plan.batches)
+            if self.shuffle:
+                rng.shuffle(shards)
+
+    def _read_shard(self, uri: str, reading: _Reading) -> Iterator[np.ndarray | None]:
+        """Every sample of one shard in tar order; a bad sample yields None and is counted, so
+        sample indexes stay aligned with the index file."""
+        with storage.open_read(uri) as f:
+            for sample in iter_samples(f, uri, alloc=reading.pool.take):
+                try:
+                    yield decode_sample(sample, self.manifest.channels, self.config.preset)[0]
+                except ShardFormatError as exc:
+                    reading.samples += 1
+                    log.warning("skipping bad sample in %s: %s", uri, exc)
+                    yield None
+
+
+def make_loader(stream: ShardStream) -> DataLoader:
+    """A DataLoader over `stream` with its configured workers, kept across epochs: build it
+    once, then per epoch call `stream.set_epoch` (or `set_position`) and iterate it once."""
+    workers = stream.config.num_workers
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_identity,
+        prefetch_factor=stream.config.prefetch_factor if workers else None,
+        persistent_workers=workers > 0,
+    )

@@ -1,0 +1,28 @@
+"""Tests for musicoder/training/config.py: the shipped pretrain configs load and round-trip
+through a checkpoint's JSON; typos and bad values are errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fixtures_training import REPO
+
+from musicoder.config import ConfigError, load_config, to_dict
+from musicoder.training.config import PretrainConfig
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu", "base", "large"])
+def test_pretrain_configs_load(name):
+    cfg = load_config(PretrainConfig, [str(REPO / f"configs/pretrain/{name}.yaml")])
+    assert cfg.model_config().max_frames >= cfg.data.max_frames
+    assert PretrainConfig.from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
+
+
+def test_config_typos_are_errors():
+    with pytest.raises(ConfigError, match="lrr"):
+        load_config(PretrainConfig, overrides=["train.lrr=1"])
+    with pytest.raises(ConfigError, match="hiden"):
+        load_config(PretrainConfig, overrides=["model.hiden=64"])
+    with pytest.raises(ConfigError, match="output_dir"):
+        load_config(PretrainConfig, overrides=["train.output_dir=s3://b/run"])
