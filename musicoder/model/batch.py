@@ -5,7 +5,8 @@ loader workers, `draw_masks`) and possibly `masked_input`; the model reads
 `model_input(batch)` (= `masked_input`, or the masks applied to `features` on the training
 device) and `valid`; the loss reads `features`, `valid`, `cfm` and `ccm`. `features` are
 normalized with the corpus mean and a std floored at `STD_FLOOR`, the one floor every
-standardization in the project uses.
+feature normalization in the project uses (the probe's standardization of pooled encoder
+states only guards its division: `downstream.probe.STATE_STD_EPS`).
 """
 
 from __future__ import annotations
