@@ -98,7 +98,16 @@ def check_inputs(config: PretrainConfig, deepspeed_config: str) -> Manifest:
         raise ValueError("train.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
     manifest = read_manifest(config.data.manifest)
     check_preset(manifest, config.data.preset, config.model_config().input_dim)
-    build_deepspeed_config(
+    deepspeed_dict(config, deepspeed_config, on_cpu=not torch.cuda.is_available())
+    return manifest
+
+
+def deepspeed_dict(
+    config: PretrainConfig, deepspeed_config: str, *, on_cpu: bool, load_universal: bool = False
+) -> dict:
+    """The DeepSpeed JSON at `deepspeed_config` with the knobs the pretrain YAML owns injected."""
+    tcfg = config.train
+    return build_deepspeed_config(
         read_deepspeed_json(deepspeed_config),
         source=deepspeed_config,
         lr=tcfg.lr,
@@ -107,9 +116,9 @@ def check_inputs(config: PretrainConfig, deepspeed_config: str) -> Manifest:
         micro_batch=tcfg.micro_batch,
         grad_accum=tcfg.grad_accum,
         precision=tcfg.precision,
-        on_cpu=not torch.cuda.is_available(),
+        load_universal=load_universal,
+        on_cpu=on_cpu,
     )
-    return manifest
 
 
 class Pretrainer:
@@ -145,18 +154,11 @@ class Pretrainer:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         tag, universal = self._find_resume()
-        base = read_deepspeed_json(self.ds_path)
-        ds_cfg = build_deepspeed_config(
-            base,
-            source=self.ds_path,
-            lr=tcfg.lr,
-            warmup_steps=tcfg.warmup_steps,
-            max_steps=tcfg.max_steps,
-            micro_batch=tcfg.micro_batch,
-            grad_accum=tcfg.grad_accum,
-            precision=tcfg.precision,
-            load_universal=universal,
+        ds_cfg = deepspeed_dict(
+            self.config,
+            self.ds_path,
             on_cpu=get_accelerator().device_name() == "cpu",
+            load_universal=universal,
         )
         # Identical initial weights on every rank and for every ZeRO stage (no zero.Init: it
         # draws partitions in another order; xl still fits host memory when built whole).
