@@ -36,7 +36,7 @@ from tqdm import tqdm
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from science_kit import build_kit  # noqa: E402
+from science_kit import build_kit, default_cache  # noqa: E402
 
 log = logging.getLogger("science")
 
@@ -44,9 +44,6 @@ MODELS = ("pretrained", "random_init", "handcrafted")
 KEYS = {"genre": ("accuracy", "log_loss"), "tagging": ("roc_auc", "pr_auc", "log_loss")}
 LOWER_IS_BETTER = {"log_loss"}
 TRIVIAL = ("val/cfm", "val/cfm_interpolate", "val/cfm_clip_mean", "val/ccm", "val/ccm_interpolate")
-DEFAULT_CACHE = pathlib.Path(
-    os.environ.get("MUSICODER_REALDATA", pathlib.Path.home() / ".cache/musicoder/realdata")
-)
 BEGIN, END = "<!-- science:begin -->", "<!-- science:end -->"
 
 
@@ -319,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-seeds", type=int, default=3)
     parser.add_argument("--probe-seeds", type=int, default=3)
     parser.add_argument("--heads", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
-    parser.add_argument("--cache", type=pathlib.Path, default=DEFAULT_CACHE)
+    parser.add_argument("--cache", type=pathlib.Path, default=default_cache())
     parser.add_argument("--name", help="results folder name (default: recipe + overrides)")
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)

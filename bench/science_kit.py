@@ -278,6 +278,11 @@ def _covers(pattern: str, path: str) -> bool:
 # ---------------------------------------------------------------- Debian packages
 
 
+def default_cache() -> Path:
+    """The kit folder: $MUSICODER_REALDATA, else ~/.cache/musicoder/realdata."""
+    return Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE)).expanduser()
+
+
 def ensure_packages(packages: Sequence[str]) -> None:
     """Installs the Debian packages that are missing (`apt-get install -y`), as root only.
 
@@ -918,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE)),
+        default=default_cache(),
         help=f"kit folder (default: ${CACHE_ENV} or {DEFAULT_CACHE})",
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")

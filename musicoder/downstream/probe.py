@@ -3,9 +3,10 @@
 Probe: the encoder is frozen; each layer output is pooled over time (mean and standard deviation
 by default, `train.pooling`), and a head learns softmax weights over the pooled layers (or uses
 one chosen layer) and applies one linear layer (`train.head: linear`) or the MARBLE protocol's
-MLP (`mlp`: one hidden layer of 512, dropout). The head sees per-chunk, per-layer pooled states `(N, L+1, D)`
-computed once, so training the probe costs no encoder passes at all. Inputs are standardized with train-set statistics (a
-fixed affine map, so still a linear probe; it lets one learning rate suit every encoder).
+MLP (`mlp`: one hidden layer of 512, dropout). The head sees per-chunk, per-layer pooled states
+`(N, L+1, D)` computed once, so training the probe costs no encoder passes at all. Inputs are
+standardized with train-set statistics (a fixed affine map, so a linear head stays a linear
+probe; it lets one learning rate suit every encoder).
 
 Fine-tune: the probe is trained first and then the whole model is trained from it, the encoder
 with a lower learning rate (linear-probe-then-fine-tune keeps a random head from wrecking the

@@ -51,6 +51,7 @@ SKIPPED_FILE = "skipped.csv"
 
 PRETRAINED, RANDOM_INIT, HANDCRAFTED = "pretrained", "random_init", "handcrafted"
 STATES_VERSION = 1  # pooled-state cache entries (`cache_dir/states/`)
+EVAL_SPLITS = ("valid", "test")  # scored after training: valid to choose by, test to report
 
 
 def run(cfg: FinetuneConfig) -> dict:
@@ -275,14 +276,11 @@ class _Job:
             )
         return head.to(device).fit_standardization(inputs.to(device))
 
-    def probe_metrics(self, head: ProbeHead, sets: dict[str, ChunkSet]) -> dict[str, dict]:
-        """Valid and test metrics of a trained probe head."""
-        kind = self.task.kind
+    def split_metrics(self, probs: dict[str, np.ndarray]) -> dict[str, dict]:
+        """Metrics of track-level probabilities per split (`EVAL_SPLITS`)."""
         return {
-            split: compute_metrics(
-                kind, predict_probe(head, sets[split], kind), self.targets[split].numpy()
-            )
-            for split in ("valid", "test")
+            split: compute_metrics(self.task.kind, p, self.targets[split].numpy())
+            for split, p in probs.items()
         }
 
     def evaluate(self, name: str, encoder: Encoder, *, handcrafted: bool = False) -> _Result:
@@ -299,8 +297,7 @@ class _Job:
             train_cfg,
             on_epoch=self.on_epoch(name, "probe"),
         )
-        probs = predict_probe(head, sets["test"], kind)
-        valid = self.probe_metrics(head, sets)["valid"]
+        probs = {s: predict_probe(head, sets[s], kind) for s in EVAL_SPLITS}
         if self.cfg.mode == FINETUNE and not handcrafted:
             model = FinetuneModel(copy.deepcopy(encoder.model), head, pooling=train_cfg.pooling).to(
                 encoder.device
@@ -315,16 +312,14 @@ class _Job:
                 encoder.normalize,
                 on_epoch=self.on_epoch(name, "finetune"),
             )
-            probs = predict_finetune(
-                model, chunks["test"], kind, encoder.normalize, train_cfg.batch_size
-            )
-            valid_probs = predict_finetune(
-                model, chunks["valid"], kind, encoder.normalize, train_cfg.batch_size
-            )
-            valid = compute_metrics(kind, valid_probs, self.targets["valid"].numpy())
-        metrics = compute_metrics(kind, probs, self.targets["test"].numpy())
-        log.info("%s test: %s", name, {k: v for k, v in metrics.items() if isinstance(v, float)})
-        result = _Result(metrics, valid, probs, history, head.layer_weights())
+            probs = {
+                s: predict_finetune(model, chunks[s], kind, encoder.normalize, train_cfg.batch_size)
+                for s in EVAL_SPLITS
+            }
+        metrics = self.split_metrics(probs)
+        test = metrics["test"]
+        log.info("%s test: %s", name, {k: v for k, v in test.items() if isinstance(v, float)})
+        result = _Result(test, metrics["valid"], probs["test"], history, head.layer_weights())
         if train_cfg.per_layer:
             result.per_layer, result.effective_rank = self.layer_scores(sets, encoder.device)
         return result
@@ -338,7 +333,8 @@ class _Job:
         for k in range(sets["train"].inputs.shape[1]):
             head = self.head(sets, device, layer=k)
             train_probe(head, sets["train"], sets["valid"], self.task.kind, self.cfg.train)
-            scores.append({"layer": k, **self.probe_metrics(head, sets)})
+            probs = {s: predict_probe(head, sets[s], self.task.kind) for s in EVAL_SPLITS}
+            scores.append({"layer": k, **self.split_metrics(probs)})
             ranks.append(effective_rank(sets["train"].inputs[:, k].numpy()))
         return scores, ranks
 
