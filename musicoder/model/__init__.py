@@ -10,7 +10,8 @@ from musicoder.model.config import VARIANTS, MusiCoderConfig, variant_config
 from musicoder.model.encoder import EncoderOutput, MusiCoderEncoder
 from musicoder.model.flops import count_parameters, flops_per_frame
 from musicoder.model.heads import ModelOutput, MusiCoder, ReconstructionHead
-from musicoder.model.loss import LossConfig, LossOutput, reconstruction_loss
+from musicoder.model.contrastive import split_halves
+from musicoder.model.loss import LossConfig, LossOutput, pretraining_loss, reconstruction_loss
 from musicoder.model.masking import MaskingConfig, draw_masks, model_input
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "draw_masks",
     "flops_per_frame",
     "model_input",
+    "pretraining_loss",
     "reconstruction_loss",
+    "split_halves",
     "variant_config",
 ]

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from musicoder.model.config import MusiCoderConfig
+from musicoder.model.contrastive import pool_valid
 from musicoder.model.encoder import MusiCoderEncoder, init_weights
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,21 @@ class ReconstructionHead(nn.Module):
         return self.net(hidden)
 
 
+class ProjectionHead(nn.Module):
+    """Linear -> GELU -> Linear, from clip-pooled hidden states to the contrastive space."""
+
+    def __init__(self, config: MusiCoderConfig, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.Linear(config.hidden, dim)
+        )
+        self.apply(init_weights)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """(B, hidden) -> (B, dim)."""
+        return self.net(pooled)
+
+
 class ModelOutput(NamedTuple):
     """Pre-training model result (a NamedTuple so ZeRO-3 can walk it; see `EncoderOutput`).
 
@@ -42,11 +58,14 @@ class ModelOutput(NamedTuple):
         reconstruction: (B, T, input_dim) predicted features.
         last_hidden: (B, T, hidden) encoder output.
         hidden_states: Per-layer states (see `EncoderOutput`) or None.
+        projection: (B, projection_dim) projected clip-mean of `last_hidden`, or None without a
+            projection head.
     """
 
     reconstruction: Tensor
     last_hidden: Tensor
     hidden_states: list[Tensor] | None = None
+    projection: Tensor | None = None
 
 
 class MusiCoder(nn.Module):
@@ -54,13 +73,17 @@ class MusiCoder(nn.Module):
 
     Args:
         config: Model shape; see `MusiCoderConfig`.
+        projection_dim: Width of a projection head for the contrastive term
+            (`LossConfig.projection_dim`); 0 = none. Like the reconstruction head, it is not
+            part of an export.
     """
 
-    def __init__(self, config: MusiCoderConfig) -> None:
+    def __init__(self, config: MusiCoderConfig, *, projection_dim: int = 0) -> None:
         super().__init__()
         self.config = config
         self.encoder = MusiCoderEncoder(config)
         self.head = ReconstructionHead(config)
+        self.projector = ProjectionHead(config, projection_dim) if projection_dim else None
 
     def forward(
         self, x: Tensor, valid: Tensor, *, output_hidden_states: bool = False
@@ -76,8 +99,12 @@ class MusiCoder(nn.Module):
             `ModelOutput`.
         """
         enc = self.encoder(x, valid, output_hidden_states=output_hidden_states)
+        projection = None
+        if self.projector is not None:
+            projection = self.projector(pool_valid(enc.last_hidden, valid))
         return ModelOutput(
             reconstruction=self.head(enc.last_hidden),
             last_hidden=enc.last_hidden,
             hidden_states=enc.hidden_states,
+            projection=projection,
         )

@@ -8,17 +8,23 @@ part of the autograd graph, so an all-unmasked batch never breaks a step.
 `LossConfig.visible_weight` (0 in the paper) adds the L1 mean over the visible valid cells,
 times that weight: the model must then also pass each frame's own content through to its last
 layer, not only what the context predicts of it (docs/decisions.md has the measured effect).
+
+`LossConfig.contrastive_weight` (0 in the paper) adds a contrastive term between the two halves
+of each crop (`musicoder.model.contrastive`); `pretraining_loss` combines the parts.
 """
 
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from musicoder.model.batch import Batch
+from musicoder.model.contrastive import contrastive_loss
+from musicoder.model.heads import ModelOutput
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +36,33 @@ class LossConfig:
     Attributes:
         visible_weight: Weight of the mean L1 over visible (unmasked, valid) cells, added to the
             masked-cell mean; 0 = masked cells only (the paper).
+        contrastive_weight: Weight of the contrastive term between the two halves of each crop;
+            0 = none (the paper). Above 0 the model trains on half crops (`data.max_frames` / 2
+            frames, which must be even) and gains a projection head that is not exported.
+        contrastive_temperature: Softmax temperature of that term.
+        contrastive_dim: Width of the projection head's output.
     """
 
     visible_weight: float = 0.0
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
+    contrastive_dim: int = 128
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.visible_weight:
-            raise ValueError(f"loss.visible_weight: must be >= 0, got {self.visible_weight!r}")
+        for key in ("visible_weight", "contrastive_weight"):
+            if not 0.0 <= getattr(self, key):
+                raise ValueError(f"loss.{key}: must be >= 0, got {getattr(self, key)!r}")
+        if not self.contrastive_temperature > 0:
+            raise ValueError(
+                f"loss.contrastive_temperature: must be > 0, got {self.contrastive_temperature!r}"
+            )
+        if self.contrastive_dim < 1:
+            raise ValueError(f"loss.contrastive_dim: must be >= 1, got {self.contrastive_dim!r}")
+
+    @property
+    def projection_dim(self) -> int:
+        """Output width of the model's projection head; 0 = no head (no contrastive term)."""
+        return self.contrastive_dim if self.contrastive_weight else 0
 
 
 @dataclass
@@ -51,6 +77,7 @@ class LossOutput:
         visible: Scalar L1 mean over visible valid cells (0 when `visible_weight` is 0).
         cfm_cells: Number of CFM cells (frames x channels).
         ccm_cells: Number of CCM cells (valid frames x channels).
+        contrastive: Scalar contrastive term, or None when it is off (see `pretraining_loss`).
     """
 
     total: Tensor
@@ -59,6 +86,7 @@ class LossOutput:
     visible: Tensor
     cfm_cells: int
     ccm_cells: int
+    contrastive: Tensor | None = None
 
 
 def _masked_mean(error: Tensor, cells: Tensor) -> tuple[Tensor, int]:
@@ -112,4 +140,27 @@ def reconstruction_loss(
         visible=visible,
         cfm_cells=cfm_count,
         ccm_cells=ccm_count,
+    )
+
+
+def pretraining_loss(out: ModelOutput, batch: Batch, config: LossConfig) -> LossOutput:
+    """The training loss of `config`: reconstruction, plus the contrastive term when it is on.
+
+    Args:
+        out: Model output for `batch` (with `projection` when `config.contrastive_weight` > 0).
+        batch: The masked batch the model saw (halves, when the contrastive term is on).
+        config: Loss knobs.
+    """
+    loss = reconstruction_loss(
+        out.reconstruction.float(), batch, visible_weight=config.visible_weight
+    )
+    if not config.contrastive_weight:
+        return loss
+    if out.projection is None:
+        raise ValueError("pretraining_loss: loss.contrastive_weight > 0 needs a projection head")
+    term = contrastive_loss(
+        out.projection, batch.valid, temperature=config.contrastive_temperature
+    )
+    return dataclasses.replace(
+        loss, total=loss.total + config.contrastive_weight * term, contrastive=term
     )

@@ -193,13 +193,12 @@ def export_encoder(path: str, out_dir: str) -> str:
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from musicoder.model import MusiCoder, MusiCoderConfig
     from musicoder.pretrained import save_encoder
     from musicoder.training.config import PretrainConfig
 
     ckpt_dir, tag = resolve_checkpoint(path)
     state = read_state(ckpt_dir, tag)
-    model_cfg: MusiCoderConfig = PretrainConfig.from_dict(state.config).model_config()
+    pretrain_cfg = PretrainConfig.from_dict(state.config)
     tag_dir = os.path.join(ckpt_dir, tag)
     if any(name.endswith("optim_states.pt") for name in os.listdir(tag_dir)):
         weights = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
@@ -212,7 +211,7 @@ def export_encoder(path: str, out_dir: str) -> str:
             weights_only=False,
         )
         weights = {k: v.float() for k, v in blob["module"].items()}
-    model = MusiCoder(model_cfg)
+    model = pretrain_cfg.build_model()
     model.load_state_dict(weights, strict=True)
     save_encoder(
         model,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from musicoder import storage
 from musicoder.data.stream import DataConfig
-from musicoder.model import LossConfig, MaskingConfig, MusiCoderConfig, variant_config
+from musicoder.model import LossConfig, MaskingConfig, MusiCoder, MusiCoderConfig, variant_config
 
 
 @dataclass
@@ -70,10 +70,19 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         self.model_config()  # unknown or invalid model keys fail at load time
+        if self.loss.contrastive_weight and self.data.max_frames % 2:
+            raise ValueError(
+                "loss.contrastive_weight: the model trains on crop halves, so data.max_frames "
+                f"must be even, got {self.data.max_frames}"
+            )
 
     def model_config(self) -> MusiCoderConfig:
         """The variant's MusiCoderConfig with `model` overrides applied."""
         return variant_config(self.variant, **dict(self.model))
+
+    def build_model(self) -> MusiCoder:
+        """The pre-training model of this config (encoder, reconstruction and projection heads)."""
+        return MusiCoder(self.model_config(), projection_dim=self.loss.projection_dim)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:

@@ -25,14 +25,17 @@ import torch
 
 from musicoder.data.plan import derive_seed
 from musicoder.data.stream import ShardStream, make_loader
-from musicoder.model.loss import LossOutput
 from musicoder.model import (
-    MusiCoder,
+    Batch,
     flops_per_frame,
     model_input,
+    pretraining_loss,
     reconstruction_loss,
+    split_halves,
 )
 from musicoder.model.baselines import BASELINES, baseline_losses
+from musicoder.model.contrastive import contrastive_loss, pair_accuracy
+from musicoder.model.loss import LossOutput
 from musicoder.shardset.manifest import Manifest, check_preset, read_manifest
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
@@ -62,23 +65,26 @@ class StepMetrics:
     loss: torch.Tensor  # () float32: total reconstruction loss, summed over micro batches
     cfm: torch.Tensor  # () CFM part
     ccm: torch.Tensor  # () CCM part
+    contrastive: torch.Tensor  # () contrastive term (0 when off)
     frames: int = 0
 
     @classmethod
     def zeros(cls, device: torch.device) -> StepMetrics:
         """Empty sums on `device`."""
-        return cls(*(torch.zeros((), device=device) for _ in range(3)))
+        return cls(*(torch.zeros((), device=device) for _ in range(4)))
 
     def add(self, loss: LossOutput, frames: int) -> None:
         """Add one micro batch's losses (detached) and valid frames."""
         self.loss += loss.total.detach()
         self.cfm += loss.cfm.detach()
         self.ccm += loss.ccm.detach()
+        if loss.contrastive is not None:
+            self.contrastive += loss.contrastive.detach()
         self.frames += frames
 
     def losses(self) -> torch.Tensor:
-        """`(3,)` float64 on the device: total, CFM, CCM."""
-        return torch.stack([self.loss, self.cfm, self.ccm]).double()
+        """`(4,)` float64 on the device: total, CFM, CCM, contrastive."""
+        return torch.stack([self.loss, self.cfm, self.ccm, self.contrastive]).double()
 
 
 def check_inputs(config: PretrainConfig, deepspeed_config: str) -> Manifest:
@@ -163,7 +169,7 @@ class Pretrainer:
         # Identical initial weights on every rank and for every ZeRO stage (no zero.Init: it
         # draws partitions in another order; xl still fits host memory when built whole).
         torch.manual_seed(tcfg.seed)
-        model = MusiCoder(self.model_config)
+        model = cfg.build_model()
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=model.parameters(), config=ds_cfg
         )
@@ -293,13 +299,10 @@ class Pretrainer:
                 batch, info = next(self._batches)
                 target = batch.to(self.device)
                 torch.manual_seed(derive_seed(tcfg.seed, self.state.step, micro, self.rank))
-                inputs = model_input(target, self.dtype)  # masks applied on the device
+                target = self._model_batch(target)
+                inputs = target.masked_input
                 out = engine(inputs, target.valid)
-                loss = reconstruction_loss(
-                    out.reconstruction.float(),
-                    target,
-                    visible_weight=self.config.loss.visible_weight,
-                )
+                loss = pretraining_loss(out, target, self.config.loss)
                 engine.backward(loss.total)
                 engine.step()
                 metrics.add(loss, info.frames)  # stays on the device: no host sync here
@@ -341,6 +344,14 @@ class Pretrainer:
                 break
         return self.state
 
+    def _model_batch(self, batch: Batch) -> Batch:
+        """What the model sees of a loaded batch: its masks applied on the device
+        (`masked_input` set), cut into crop halves when the contrastive term is on."""
+        inputs = model_input(batch, self.dtype)
+        if self.config.loss.contrastive_weight:
+            return split_halves(batch, inputs)
+        return dataclasses.replace(batch, masked_input=inputs)
+
     def _all_sum(self, values: list[float] | torch.Tensor) -> list[float]:
         """Sum over ranks (float64, on the device for NCCL), read back to the host."""
         import torch.distributed as dist
@@ -364,7 +375,7 @@ class Pretrainer:
         frames_per_s = frames / elapsed
         tflops = flops_per_frame(self.model_config, seq_len) * frames_per_s / 1e12 / self.world
         norm = self.engine.get_global_grad_norm()
-        total, cfm, ccm = (value / n for value in losses)
+        total, cfm, ccm, contrastive = (value / n for value in losses)
         values = {
             "loss/total": total,
             "loss/cfm": cfm,
@@ -378,6 +389,8 @@ class Pretrainer:
             "data/skipped_shards": skipped,
             "data/epoch": float(self.state.position.epoch),
         }
+        if self.config.loss.contrastive_weight:
+            values["loss/contrastive"] = contrastive
         if norm is not None:
             values["opt/grad_norm"] = float(norm)
         self.tb.scalars(step, values)
@@ -400,18 +413,26 @@ class Pretrainer:
         if self.val_stream is None:
             return None
         self.engine.eval()
+        contrastive = bool(self.config.loss.contrastive_weight)
         names = ["loss/val", "val/cfm", "val/ccm"]
         names += [f"val/{part}_{b}" for b in BASELINES for part in ("cfm", "ccm")]
+        names += ["val/contrastive", "val/pair_accuracy"] if contrastive else []
         sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=self.device)
         for i, (batch, _) in enumerate(self.val_stream):
             if i >= self.config.data.val_max_batches:
                 break
-            target = batch.to(self.device)
-            out = self.engine(model_input(target, self.dtype), target.valid)
-            loss = reconstruction_loss(out.reconstruction.float(), target)
+            target = self._model_batch(batch.to(self.device))
+            out = self.engine(target.masked_input, target.valid)
+            loss = reconstruction_loss(out.reconstruction.float(), target)  # masked cells only
             parts = [loss.total, loss.cfm, loss.ccm]
             for trivial in baseline_losses(target).values():
                 parts += [trivial.cfm, trivial.ccm]
+            if contrastive:
+                temperature = self.config.loss.contrastive_temperature
+                parts += [
+                    contrastive_loss(out.projection, target.valid, temperature=temperature),
+                    pair_accuracy(out.projection),
+                ]
             sums[:-1] += torch.stack(
                 [torch.as_tensor(p, dtype=torch.float64, device=self.device) for p in parts]
             )

@@ -234,3 +234,21 @@ def test_resume_two_ranks_on_one(zero2_run, shard_set, tmp_path):
     assert state.samples_seen == 16 * 4 * 2 + 4 * 4
     loss = _scalar(_events(out / "tensorboard"), "loss/total")
     assert all(0 < loss[s] < 2 for s in range(17, 21))
+
+
+@pytest.mark.integration
+def test_contrastive_run_trains_on_halves_and_exports_the_encoder_only(shard_set, tmp_path):
+    settings = ["loss.contrastive_weight=0.5", "model.max_frames=32", "data.max_frames=64"]
+    settings += ["train.max_steps=8"]
+    run = run_pretrain(tmp_path / "run", str(shard_set), procs=None, settings=settings)
+    assert run.returncode == 0, run.log[-3000:]
+    acc = _events(run.out / "tensorboard")
+    contrastive = _scalar(acc, "loss/contrastive")
+    assert sorted(contrastive) == list(range(1, 9))
+    assert all(0 < value < 10 for value in contrastive.values())
+    pair_accuracy = _scalar(acc, "val/pair_accuracy")[8]
+    assert 0.0 <= pair_accuracy <= 1.0 and _scalar(acc, "val/contrastive")[8] > 0
+    weights = _export(run.out, tmp_path / "export")
+    assert weights and not any(name.startswith(("projector", "head")) for name in weights)
+    meta = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert meta["model"]["max_frames"] == 32
