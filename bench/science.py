@@ -1,4 +1,4 @@
-"""The real-audio science yardstick (DESIGN §12): does pre-training pay off on real music?
+r"""The real-audio science yardstick (DESIGN §12): does pre-training pay off on real music?
 
     make bench-science                       # kit (once), then the shipped recipe, 3 x 3 seeds
     python bench/science.py --recipe configs/pretrain/small-cpu.yaml --pretrain-seeds 3
