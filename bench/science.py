@@ -41,8 +41,10 @@ from science_kit import build_kit, default_cache  # noqa: E402
 log = logging.getLogger("science")
 
 MODELS = ("pretrained", "random_init", "handcrafted")
+ENCODERS = ("pretrained", "random_init")
 KEYS = {"genre": ("accuracy", "log_loss"), "tagging": ("roc_auc", "pr_auc", "log_loss")}
 LOWER_IS_BETTER = {"log_loss"}
+SELECT_BY = "log_loss"  # the valid-split metric that picks a layer ("<model>@layer" rows)
 TRIVIAL = ("val/cfm", "val/cfm_interpolate", "val/cfm_clip_mean", "val/ccm", "val/ccm_interpolate")
 BEGIN, END = "<!-- science:begin -->", "<!-- science:end -->"
 
@@ -171,6 +173,28 @@ def _stats(values: list[float]) -> dict:
     }
 
 
+def _layer_chosen_on_valid(res: dict) -> dict | None:
+    """The per-layer result (with its `layer`) whose valid `SELECT_BY` is best, or None.
+
+    The SUPERB/MARBLE protocol's "best layer", chosen on the valid split only; the layer
+    weighting of the probe itself stays the headline row.
+    """
+    layers = res.get("per_layer") or []
+    if len(layers) < 2:
+        return None
+    return min(layers, key=lambda layer: layer["valid"][SELECT_BY])
+
+
+def _model_results(metrics: dict) -> dict:
+    """The run's models plus `<model>@layer` (one layer chosen on valid) for multi-layer ones."""
+    models = dict(metrics["models"])
+    for model, res in metrics["models"].items():
+        chosen = _layer_chosen_on_valid(res)
+        if chosen is not None:
+            models[f"{model}@layer"] = {**chosen, "chosen_layer": chosen["layer"]}
+    return models
+
+
 def summarize(runs: list[dict]) -> dict:
     """Means and spreads per task, head, model and split; per-layer scores; verdicts."""
     out: dict = {}
@@ -179,7 +203,7 @@ def summarize(runs: list[dict]) -> dict:
         entry = out.setdefault(r["task"], {"kind": m["kind"], "heads": {}})
         per_head = entry["heads"].setdefault(r["head"], {"runs": 0, "models": {}})
         per_head["runs"] += 1
-        for model, res in m["models"].items():
+        for model, res in _model_results(m).items():
             slot = per_head["models"].setdefault(model, {})
             for split in ("valid", "test"):
                 for key in KEYS[m["kind"]]:
@@ -192,6 +216,8 @@ def summarize(runs: list[dict]) -> dict:
                         ).setdefault(k, []).append(layer[split][key])
             for k, rank in enumerate(res.get("effective_rank") or []):
                 slot.setdefault("effective_rank", {}).setdefault(k, []).append(rank)
+            if "chosen_layer" in res:
+                slot.setdefault("chosen_layers", []).append(res["chosen_layer"])
     for entry in out.values():
         for per_head in entry["heads"].values():
             for slot in per_head["models"].values():
@@ -210,17 +236,22 @@ def summarize(runs: list[dict]) -> dict:
                         _stats(v)["mean"] for _, v in sorted(slot["effective_rank"].items())
                     ]
             per_head["verdict"] = _verdict(entry["kind"], per_head["models"])
+            if "pretrained@layer" in per_head["models"]:
+                per_head["verdict_layer"] = _verdict(
+                    entry["kind"], per_head["models"], suffix="@layer"
+                )
     return out
 
 
-def _verdict(kind: str, models: dict) -> dict:
+def _verdict(kind: str, models: dict, *, suffix: str = "") -> dict:
     """Test-split margins of the pre-trained probe (positive = better) against each baseline,
-    and whether each exceeds the larger of the two seed spreads."""
+    and whether each exceeds the larger of the two seed spreads. With `suffix="@layer"` the
+    encoders are compared at the layer each run chose on valid."""
     verdict = {}
     for key in KEYS[kind]:
         sign = -1.0 if key in LOWER_IS_BETTER else 1.0
-        ours = models["pretrained"]["test"][key]
-        for base in ("random_init", "handcrafted"):
+        ours = models[f"pretrained{suffix}"]["test"][key]
+        for base in (f"random_init{suffix}", "handcrafted"):
             theirs = models[base]["test"][key]
             margin = sign * (ours["mean"] - theirs["mean"])
             spread = max(ours["std"], theirs["std"])
@@ -257,7 +288,9 @@ def markdown(results: dict) -> str:
                 "| model | " + " | ".join(keys) + " |",
                 "|---|" + "---|" * len(keys),
             ]
-            for model in MODELS:
+            for model in [*MODELS, *(f"{m}@layer" for m in ENCODERS)]:
+                if model not in per_head["models"]:
+                    continue
                 test = per_head["models"][model]["test"]
                 lines.append(f"| {model} | " + " | ".join(_fmt(test[k]) for k in keys) + " |")
             valid = {m: per_head["models"][m]["valid"][keys[0]] for m in MODELS}
@@ -272,7 +305,24 @@ def markdown(results: dict) -> str:
                 for k, v in per_head["verdict"].items()
             ]
             lines += ["", "Margins: " + "; ".join(wins) + ".", ""]
-            for model in ("pretrained", "random_init"):
+            if "verdict_layer" in per_head:
+                wins = [
+                    f"{k}: {v['margin']:+.3f} (spread {v['spread']:.3f})"
+                    f"{' ✔' if v['wins'] else ' ✘'}"
+                    for k, v in per_head["verdict_layer"].items()
+                ]
+                chosen = {
+                    m: per_head["models"][f"{m}@layer"]["chosen_layers"] for m in ENCODERS
+                }
+                lines += [
+                    f"Margins at the layer chosen on valid ({SELECT_BY}; layers chosen: "
+                    + ", ".join(f"{m} {v}" for m, v in chosen.items())
+                    + "): "
+                    + "; ".join(wins)
+                    + ".",
+                    "",
+                ]
+            for model in ENCODERS:
                 slot = per_head["models"][model]
                 if "per_layer" in slot:
                     key = keys[0]

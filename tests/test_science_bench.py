@@ -1,0 +1,62 @@
+"""Tests for bench/science.py's summary: means and spreads, and the layer chosen on valid."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "bench" / "science.py"
+_SPEC = importlib.util.spec_from_file_location("science_bench", _PATH)
+science = importlib.util.module_from_spec(_SPEC)
+sys.modules["science_bench"] = science
+_SPEC.loader.exec_module(science)
+
+
+def _split(accuracy: float, log_loss: float) -> dict:
+    return {"accuracy": accuracy, "log_loss": log_loss}
+
+
+def _run(pre_layers: list[tuple[float, float]], seed: int) -> dict:
+    """A genre run whose pre-trained encoder has the given (valid, test) log-losses per layer."""
+
+    def encoder(layers, weighted):
+        return {
+            "valid": _split(0.5, weighted),
+            "test": _split(0.5, weighted),
+            "per_layer": [
+                {"layer": k, "valid": _split(0.5, v), "test": _split(0.5 + 0.1 * k, t)}
+                for k, (v, t) in enumerate(layers)
+            ],
+        }
+
+    return {
+        "task": "a",
+        "head": "linear",
+        "pretrain_seed": seed,
+        "probe_seed": 0,
+        "metrics": {
+            "kind": "genre",
+            "models": {
+                "pretrained": encoder(pre_layers, 1.0),
+                "random_init": encoder([(1.0, 1.0), (1.1, 1.1)], 1.0),
+                "handcrafted": {"valid": _split(0.6, 0.9), "test": _split(0.6, 0.9)},
+            },
+        },
+    }
+
+
+def test_summary_scores_each_encoder_at_the_layer_its_valid_split_chose():
+    runs = [_run([(0.9, 0.2), (0.7, 0.4)], 0), _run([(0.6, 0.3), (0.8, 0.1)], 1)]
+    head = science.summarize(runs)["a"]["heads"]["linear"]
+    chosen = head["models"]["pretrained@layer"]
+    assert chosen["chosen_layers"] == [1, 0]  # lowest valid log-loss, never the test's
+    assert chosen["test"]["log_loss"]["mean"] == pytest.approx(0.35)  # (0.4 + 0.3) / 2
+    assert chosen["test"]["log_loss"]["std"] == pytest.approx(0.05)
+    assert head["models"]["random_init@layer"]["chosen_layers"] == [0, 0]
+    margin = head["verdict_layer"]["log_loss_vs_random_init@layer"]
+    assert margin["margin"] == pytest.approx(1.0 - 0.35) and margin["wins"]
+    assert "handcrafted@layer" not in head["models"]
+    assert head["verdict"]["log_loss_vs_handcrafted"]["margin"] == pytest.approx(0.9 - 1.0)
