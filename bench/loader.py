@@ -11,6 +11,9 @@ each pass repeated and the best kept (the machine is shared):
     into one float32 batch with CMVN, CFM/CCM masks drawn), batches of 16, in process (in a
     DataLoader worker the batch is allocated in shared memory instead). The clock starts after
     the first batch, which also fills the 64-clip shuffle buffer: the steady state of an epoch.
+  worker_unverified: the same with `data.verify_sha256` off; `verify_cost` is the share of the
+    worker's CPU time the streamed sha256 check costs (the damaged-shard check, DESIGN §9);
+  sha256: hashlib's sha256 over the tar bytes alone, for scale against the raw read rate;
   model_input: what the trainer then spends building the masked input from a delivered batch
     (`model_input`), on this CPU; on a GPU it runs after the host-to-device copy.
 Frames: raw counts every stored frame read (646 per clip); the worker counts frames delivered
@@ -22,6 +25,7 @@ and hence how many loader workers per GPU that needs. Prints one JSON line.
 """
 
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -75,8 +79,23 @@ def raw_rate(manifest, reader) -> tuple[float, float]:
     return _rates(frames, start)
 
 
-def _stream(manifest, root: str) -> ShardStream:
-    cfg = DataConfig(manifest=root, max_frames=SEQ_LEN, num_workers=0, shuffle_buffer=SHUFFLE)
+def sha256_rate(manifest) -> tuple[float, float]:
+    """Stored frames/s (CPU, wall) hashing every tar's bytes (already in memory)."""
+    blobs = [storage.read_bytes(shard.uri) for shard in manifest.train]
+    start = _clock()
+    for blob in blobs:
+        hashlib.sha256(blob).hexdigest()
+    return _rates(sum(shard.samples for shard in manifest.train) * CLIP_FRAMES, start)
+
+
+def _stream(manifest, root: str, verify: bool = True) -> ShardStream:
+    cfg = DataConfig(
+        manifest=root,
+        max_frames=SEQ_LEN,
+        num_workers=0,
+        shuffle_buffer=SHUFFLE,
+        verify_sha256=verify,
+    )
     return ShardStream(
         manifest, cfg, MaskingConfig(), rank=0, world_size=1, batch_size=BATCH, seed=0
     )
@@ -93,9 +112,9 @@ def model_input_ms(manifest, root: str, repeats: int = 20) -> float:
     return min(times) * 1e3
 
 
-def worker_rate(manifest, root: str) -> tuple[float, float]:
+def worker_rate(manifest, root: str, verify: bool = True) -> tuple[float, float]:
     """Delivered frames/s (CPU, wall) of one in-process worker after its first batch."""
-    batches = iter(_stream(manifest, root))
+    batches = iter(_stream(manifest, root, verify))
     next(batches)
     start, frames = _clock(), 0
     for batch, _ in batches:
@@ -112,12 +131,14 @@ def main() -> None:
         manifest = read_manifest(tmp)
         raw_rate(manifest, _wds_samples)  # warm the page cache so every pass reads from memory
         build_ms = model_input_ms(manifest, tmp)
-        wds, ours, worker = (
+        wds, ours, worker, unverified, sha = (
             [max(rates) for rates in zip(*(measure() for _ in range(repeats)), strict=True)]
             for measure in (
                 lambda: raw_rate(manifest, _wds_samples),
                 lambda: raw_rate(manifest, iter_samples),
                 lambda: worker_rate(manifest, tmp),
+                lambda: worker_rate(manifest, tmp, verify=False),
+                lambda: sha256_rate(manifest),
             )
         )
     gpu = H100_BF16_TFLOPS * 1e12 * TARGET_MFU / flops_per_frame(variant_config("base"), SEQ_LEN)
@@ -131,6 +152,10 @@ def main() -> None:
                 "raw_wds_frames_per_cpu_s": round(wds[cpu]),
                 "raw_ours_frames_per_cpu_s": round(ours[cpu]),
                 "worker_frames_per_cpu_s": round(worker[cpu]),
+                "worker_unverified_frames_per_cpu_s": round(unverified[cpu]),
+                "verify_cost": round(1 - worker[cpu] / unverified[cpu], 3),
+                "sha256_frames_per_cpu_s": round(sha[cpu]),
+                "sha256_vs_raw_ours": round(sha[cpu] / ours[cpu], 3),
                 "worker_vs_raw_wds": round(worker[cpu] / wds[cpu], 3),
                 "worker_vs_raw_ours": round(worker[cpu] / ours[cpu], 3),
                 "worker_vs_raw_wds_per_clip": round(

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from musicoder.training.config import PretrainConfig
+    from musicoder.data.stream import DamagedShardsError, error_line
+    from musicoder.storage import StorageUnavailableError
     from musicoder.training.train import check_inputs, default_single_process_env, run
 
     try:
@@ -67,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as exc:
         fail(parser, exc)
     default_single_process_env()
-    state = run(cfg, deepspeed_config=args.deepspeed, resume=args.resume)
+    try:
+        state = run(cfg, deepspeed_config=args.deepspeed, resume=args.resume)
+    except (DamagedShardsError, StorageUnavailableError) as exc:  # one line, every rank exits 2
+        fail(parser, error_line(exc))
     logging.getLogger("pretrain").info(
         "done at step %d (%d samples)", state.step, state.samples_seen
     )

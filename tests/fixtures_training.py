@@ -134,6 +134,7 @@ def write_shard_set(
                     "samples": n,
                     "frames": index["frames"],
                     "bytes": index["bytes"],
+                    "sha256": index["sha256"],
                 }
             )
             if split == "train":

@@ -68,7 +68,7 @@ def test_grafana_dashboard_queries_shard_metrics() -> None:
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
     from musicoder.sharding.metrics import METRIC_PREFIX
 
-    for name in ("files", "rejects", "audio_seconds", "bytes_written", "shards_done"):
+    for name in ("files", "rejects", "audio_seconds", "bytes_written", "shards_done", "s3_retries"):
         assert f"ray_{METRIC_PREFIX}{name}" in exprs, name
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))

@@ -18,6 +18,19 @@ Masks are drawn in the worker (`draw_masks`) but applied on the training device
 (`model_input`): the worker never writes a second (B, T, C) tensor. Each batch carries the id
 and sample count of its worker so the trainer can record an exact resume position.
 
+Damaged shards (DESIGN §9): with `verify_sha256` every byte a worker reads is hashed on the way
+(no second pass, no extra request) and compared with the manifest's `sha256` and `bytes` when the
+shard ends; a worker checks each shard on its first complete read only (hashing runs at ~1.5 GB/s
+per core, about as fast as a worker consumes bytes, so checking every epoch would double the
+worker's CPU). A shard whose bytes changed since the manifest was written is excluded from then on
+by that worker; its samples that passed the per-sample checks (npy header, shape, finite values)
+before its end was reached have been used once. A shard that cannot be read (a broken tar, a
+failed S3 read) keeps its readable prefix, as before. Each batch reports the shards its worker
+found damaged or unreadable; the trainer turns more than `max_damaged_shards` of them, over the
+whole job, into `DamagedShardsError`. An S3 endpoint that stays unavailable through every retry
+(`StorageUnavailableError`) is not a damaged shard: it ends the run, to be resumed from its last
+checkpoint once storage is back. Batches also carry their worker's S3 retry count.
+
 The DataLoader keeps its workers across epochs (`persistent_workers`). The workers hold copies of
 the stream, so the epoch and the per-worker resume skips live in a small shared-memory tensor that
 `set_epoch` / `set_position` write and `__iter__` reads when each epoch starts.
@@ -25,6 +38,7 @@ the stream, so the epoch and the per-worker resume skips live in a small shared-
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -40,9 +54,10 @@ from musicoder.data.plan import WorkerPlan, derive_seed, plan_epoch
 from musicoder.model import STD_FLOOR, Batch, MaskingConfig
 from musicoder.model.masking import draw_masks
 from musicoder.shardset.format import ShardFormatError
-from musicoder.shardset.manifest import Manifest
+from musicoder.shardset.manifest import Manifest, ShardRef
 from musicoder.shardset.reader import BufferPool, iter_samples
 from musicoder.shardset.sample import decode_sample
+from musicoder.storage import StorageUnavailableError, retry_counts
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +74,14 @@ class DataConfig:
     prefetch_factor: int = 2  # batches each worker keeps ready
     normalize: bool = True  # CMVN with the manifest's per-channel mean/std
     val_max_batches: int = 8  # validation batches per rank per evaluation
+    verify_sha256: bool = True  # hash shards while reading; a mismatch excludes the shard
+    max_damaged_shards: int = 8  # more damaged or unreadable train shards (whole job) stop it
 
     def __post_init__(self) -> None:
         for key in ("max_frames", "prefetch_factor", "val_max_batches"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("shuffle_buffer", "num_workers"):
+        for key in ("shuffle_buffer", "num_workers", "max_damaged_shards"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key}: must be >= 0, got {getattr(self, key)}")
 
@@ -93,6 +110,16 @@ class BatchInfo:
     skipped_shards: int
     skipped_samples: int
     frames: int  # valid frames in the batch
+    damaged: tuple[int, ...] = ()  # shards (indexes) this worker found damaged or unreadable
+    s3_retries: int = 0  # S3 requests retried and bodies re-opened by this worker so far
+
+
+class DamagedShardsError(ShardFormatError):
+    """More damaged or unreadable shards than `data.max_damaged_shards` allows."""
+
+
+class ShardChecksumError(ShardFormatError):
+    """A shard's bytes differ from what its manifest recorded (sha256 or size)."""
 
 
 @dataclass
@@ -102,6 +129,42 @@ class _Reading:
     pool: BufferPool
     shards: int = 0  # unreadable shards skipped
     samples: int = 0  # bad samples skipped
+    failed: set[int] = field(default_factory=set)  # shards that failed this epoch
+
+
+class _Verifier:
+    """Read-through wrapper over a shard stream that hashes and counts every byte read."""
+
+    DRAIN_BYTES = 1 << 20
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.digest = hashlib.sha256()
+        self.nbytes = 0
+
+    def readinto(self, buffer) -> int:
+        n = self._f.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+            self.nbytes += n
+        return n
+
+    def check(self, ref: ShardRef) -> None:
+        """Read what the tar reader left (end blocks, padding) and compare with `ref`.
+
+        Raises:
+            ShardChecksumError: size or sha256 differ from the manifest's.
+        """
+        scratch = bytearray(self.DRAIN_BYTES)
+        while self.readinto(scratch):
+            pass
+        if ref.bytes is not None and self.nbytes != ref.bytes:
+            raise ShardChecksumError(f"{self.nbytes} bytes, the manifest says {ref.bytes}")
+        found = self.digest.hexdigest()
+        if ref.sha256 and found != ref.sha256:
+            raise ShardChecksumError(
+                f"sha256 {found[:12]}..., the manifest says {ref.sha256[:12]}..."
+            )
 
 
 def _identity(item):
@@ -144,6 +207,8 @@ class ShardStream(IterableDataset):
         self._mean = torch.from_numpy(stats.mean.astype(np.float32)) if config.normalize else None
         self._inv_std = torch.from_numpy(1.0 / std) if config.normalize else None
         self.batches_per_epoch = sum(plan.batches for plan in self._plans(0))  # same every epoch
+        self._damaged: set[int] = set()  # checksum failures: excluded for the rest of the run
+        self._verified: set[int] = set()  # shards this worker has checked (once is enough)
 
     def _plans(self, epoch: int) -> list[WorkerPlan]:
         return plan_epoch(
@@ -239,6 +304,8 @@ class ShardStream(IterableDataset):
                     skipped_shards=reading.shards,
                     skipped_samples=reading.samples,
                     frames=int(batch.valid.sum()),
+                    damaged=tuple(sorted(self._damaged | reading.failed)),
+                    s3_retries=sum(retry_counts().values()),
                 ),
             )
 
@@ -274,7 +341,7 @@ class ShardStream(IterableDataset):
         """Decoded samples of the slot's shards, round after round; a round without any
         readable sample widens to every shard, and if none of those is readable either, raise."""
         offsets = np.concatenate([[0], np.cumsum([s.samples for s in self.shards])])
-        shards, failed, dead = list(plan.shards), set(), set()
+        shards, failed, dead = list(plan.shards), reading.failed, set(self._damaged)
         while True:
             delivered = 0
             for i in shards:
@@ -282,11 +349,25 @@ class ShardStream(IterableDataset):
                     continue
                 read = 0
                 try:
-                    for k, feats in enumerate(self._read_shard(self.shards[i].uri, reading)):
+                    for k, feats in enumerate(self._read_shard(i, reading)):
                         read += 1
                         if feats is not None and (offsets[i] + k) % plan.stride == plan.offset:
                             delivered += 1
                             yield feats
+                except StorageUnavailableError:  # the service, not the shard
+                    raise
+                except ShardChecksumError as exc:  # any sample may be wrong: never again
+                    dead.add(i)
+                    self._damaged.add(i)
+                    failed.add(i)
+                    reading.shards += 1
+                    log.warning(
+                        "damaged shard %s (changed since the manifest was written: %s); "
+                        "excluded from now on, %d of its samples were read",
+                        self.shards[i].uri,
+                        exc,
+                        read,
+                    )
                 except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
                     if read == 0:  # nothing usable: never open it again this epoch
                         dead.add(i)
@@ -306,17 +387,43 @@ class ShardStream(IterableDataset):
             if self.shuffle:
                 rng.shuffle(shards)
 
-    def _read_shard(self, uri: str, reading: _Reading) -> Iterator[np.ndarray | None]:
-        """Every sample of one shard in tar order; a bad sample yields None and is counted, so
-        sample indexes stay aligned with the index file."""
+    def _read_shard(self, i: int, reading: _Reading) -> Iterator[np.ndarray | None]:
+        """Every sample of shard `i` in tar order; a bad sample yields None and is counted, so
+        sample indexes stay aligned with the index file. With `verify_sha256`, the shard's
+        bytes are checked against the manifest once its last sample has been taken (on this
+        worker's first complete read of it).
+
+        Raises:
+            ShardChecksumError: the bytes differ from the manifest's sha256 or size.
+        """
+        ref = self.shards[i]
+        uri = ref.uri
         with storage.open_read(uri) as f:
-            for sample in iter_samples(f, uri, alloc=reading.pool.take):
+            verify = (
+                self.config.verify_sha256
+                and i not in self._verified
+                and (ref.sha256 or ref.bytes is not None)
+            )
+            source = _Verifier(f) if verify else f
+            for sample in iter_samples(source, uri, alloc=reading.pool.take):
                 try:
                     yield decode_sample(sample, self.manifest.channels, self.config.preset)[0]
                 except ShardFormatError as exc:
                     reading.samples += 1
                     log.warning("skipping bad sample in %s: %s", uri, exc)
                     yield None
+            if verify:
+                source.check(ref)
+                self._verified.add(i)
+
+
+def error_line(exc: BaseException) -> str:
+    """The last line of an error's message: a DataLoader worker's exception arrives re-raised
+    with the worker's whole traceback in its message."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    name = type(exc).__name__
+    return last.split(f"{name}: ", 1)[-1] if f"{name}: " in last else last
 
 
 def make_loader(stream: ShardStream) -> DataLoader:

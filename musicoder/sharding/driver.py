@@ -25,6 +25,7 @@ import ray
 import torch
 
 from musicoder import features, storage
+from musicoder.cli import describe
 from musicoder.sharding.config import ShardJobConfig
 from musicoder.sharding.metrics import JobProgress, hours
 from musicoder.sharding.plan import PLAN_NAME, PlannedShard, ShardPlan, build_plan, normalize_uri
@@ -32,6 +33,7 @@ from musicoder.sharding.worker import ShardTask, process_shard
 from musicoder.shardset.format import INDEX_SUFFIX, MANIFEST_NAME, REJECTS_NAME, TAR_SUFFIX
 from musicoder.shardset.index import ShardSummary
 from musicoder.shardset.manifest import ManifestBuilder, reject_fraction, rejects_jsonl
+from musicoder.storage import StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,15 @@ def run(cfg: ShardJobConfig, *, dry_run: bool = False, progress: bool = True) ->
     todo = [s for s in plan.shards if s.index not in done]
     if done:
         log.info("resuming %s: %d of %d shards already done", output, len(done), len(plan.shards))
-    failed = _run_tasks(cfg, plan, output, todo, builder, done, progress) if todo else []
+    outcome = _run_tasks(cfg, plan, output, todo, builder, done, progress) if todo else None
+    failed = outcome.failed if outcome else []
+    if outcome and outcome.unavailable:
+        line = (
+            f"{outcome.unavailable}; stopped with {outcome.done} of "
+            f"{len(plan.shards)} shards done; re-run the same command when it is back"
+        )
+        log.error(line)
+        return RunResult("storage_unavailable", EXIT_FAILED, line)
     if failed:
         line = (
             f"{len(failed)} of {len(plan.shards)} shards failed ({', '.join(failed[:5])}"
@@ -267,8 +277,13 @@ def _run_tasks(
     builder: ManifestBuilder,
     done: dict[int, ShardSummary],
     progress: bool,
-) -> list[str]:
-    """Run the missing shards on Ray with a bounded window; returns the names of failed shards."""
+) -> TaskOutcome:
+    """Run the missing shards on Ray with a bounded window.
+
+    A shard that fails with `StorageUnavailableError` (the S3 endpoint unreachable or refusing
+    through every retry of every attempt) stops the job: nothing more is submitted and the
+    tasks in flight are cancelled, so an outage ends the job within the retries of one task
+    instead of one such wait per remaining shard."""
     started_ray = _connect_ray(cfg)
     try:
         remote = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=True)(
@@ -283,10 +298,14 @@ def _run_tasks(
             done_shards=len(done),
             enabled=progress,
         )
-        tasks, in_flight, failed = _tasks(cfg, plan, output, todo), {}, []
+        tasks, in_flight, outcome = _tasks(cfg, plan, output, todo), {}, TaskOutcome()
         try:
             while True:
-                while len(in_flight) < window and (task := next(tasks, None)) is not None:
+                while (
+                    not outcome.unavailable
+                    and len(in_flight) < window
+                    and (task := next(tasks, None)) is not None
+                ):
                     in_flight[remote.remote(task)] = task
                 bar.in_flight(len(in_flight))
                 if not in_flight:
@@ -297,7 +316,12 @@ def _run_tasks(
                     try:
                         summary = ray.get(ref)
                     except ray.exceptions.RayError as err:
-                        failed.append(task.name)
+                        outcome.failed.append(task.name)
+                        cause = getattr(err, "cause", None)
+                        if isinstance(cause, StorageUnavailableError) and not outcome.unavailable:
+                            outcome.unavailable = describe(cause)
+                            for pending in in_flight:
+                                ray.cancel(pending, force=True)
                         log.error(
                             "%s failed after %d retries: %s",
                             task.name,
@@ -309,10 +333,23 @@ def _run_tasks(
                     bar.shard_done(summary)
         finally:
             bar.close()
-        return failed
+        outcome.done, outcome.s3_retries = bar.done_shards, bar.s3_retries
+        if bar.s3_retries:
+            log.info("S3 retries in shard tasks: %d", bar.s3_retries)
+        return outcome
     finally:
         if started_ray:
             ray.shutdown()
+
+
+@dataclass
+class TaskOutcome:
+    """What `_run_tasks` ended with."""
+
+    failed: list[str] = dataclasses.field(default_factory=list)  # shard names
+    unavailable: str = ""  # one line naming the endpoint, when storage became unavailable
+    done: int = 0  # shards done, resumed ones included
+    s3_retries: int = 0
 
 
 def _finish(

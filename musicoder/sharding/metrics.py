@@ -37,6 +37,7 @@ class JobProgress:
         self.total_shards, self.done_shards = total_shards, done_shards
         self.seconds = 0.0
         self.rejects = 0
+        self.s3_retries = 0
         self._bar = tqdm(
             total=total_files,
             initial=done_files,
@@ -63,6 +64,9 @@ class JobProgress:
         self._audio = counter("audio_seconds", "seconds of audio written as samples")
         self._bytes = counter("bytes_written", "bytes of shard tars written")
         self._task_seconds = counter("task_seconds", "wall seconds spent in shard tasks")
+        self._s3_retries = counter(
+            "s3_retries", "S3 requests retried (503 SlowDown, resets) and bodies re-opened"
+        )
         self._shards = gauge("shards_done", "shards finished (resumed ones included)")
         self._in_flight = gauge("shards_in_flight", "shard tasks submitted and not finished")
         self._shards.set(done_shards)
@@ -74,12 +78,14 @@ class JobProgress:
         self.done_shards += 1
         self.seconds += s.seconds
         self.rejects += s.rejected
+        self.s3_retries += s.s3_retries
         for metric, value in (
             (self._files, files),
             (self._rejects, s.rejected),
             (self._audio, s.seconds),
             (self._bytes, s.bytes),
             (self._task_seconds, s.task_seconds),
+            (self._s3_retries, s.s3_retries),
         ):
             if value > 0:  # Ray counters refuse increments <= 0
                 metric.inc(value)

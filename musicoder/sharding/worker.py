@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 SPOOL_MEMORY_BYTES = 32 * 2**20
 FLAC_SUBTYPE = "PCM_16"
-# Not a property of the file: re-raised so that Ray retries the whole task.
+# Not a property of the file: re-raised so that Ray retries the whole task (an unreachable
+# or throttling S3 endpoint is `storage.StorageUnavailableError`, a ConnectionError).
 FATAL_ERRORS = (ConnectionError, TimeoutError, MemoryError)
 
 
@@ -100,6 +101,7 @@ def process_shard(task: ShardTask) -> ShardSummary:
         OSError: the output cannot be written (the task should be retried).
     """
     started = time.perf_counter()
+    retries = sum(storage.retry_counts().values())  # this worker process's, so far
     channels = features.num_channels(task.preset)
     total, total_sq = np.zeros(channels, np.float64), np.zeros(channels, np.float64)
     keys: list[str] = []
@@ -155,6 +157,7 @@ def process_shard(task: ShardTask) -> ShardSummary:
         storage.join(task.output, task.name + INDEX_SUFFIX), summary.to_index(keys, sample_frames)
     )
     summary.task_seconds = time.perf_counter() - started
+    summary.s3_retries = sum(storage.retry_counts().values()) - retries
     log.info(
         "%s: %d samples from %d files (%d rejected) in %.1f s",
         summary.name,

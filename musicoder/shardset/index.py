@@ -29,6 +29,7 @@ class ShardSummary:
     truncated: int
     rejects: list[dict] = field(default_factory=list)  # {"uri", "reason", "error"}
     task_seconds: float = 0.0  # wall time of the task; not part of the index (not deterministic)
+    s3_retries: int = 0  # S3 requests retried and bodies re-opened by the task; not in the index
 
     def to_index(self, keys: list[str], sample_frames: list[int]) -> dict:
         """The shard's index JSON (INTERFACES.md, "Shard format v1")."""

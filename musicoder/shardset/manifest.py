@@ -34,6 +34,8 @@ class ShardRef:
 
     uri: str
     samples: int
+    sha256: str | None = None  # of the whole tar, as written; None in sets that do not list it
+    bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,12 @@ def read_manifest(uri: str) -> Manifest:
         )
         refs = {
             split: [
-                ShardRef(storage.join(base, s["name"]), int(s["samples"]))
+                ShardRef(
+                    storage.join(base, s["name"]),
+                    int(s["samples"]),
+                    sha256=s.get("sha256"),
+                    bytes=int(s["bytes"]) if "bytes" in s else None,
+                )
                 for s in raw.get(split, [])
             ]
             for split in SPLITS

@@ -10,7 +10,9 @@ Writes are atomic, so readers never see a partial object under its final name (D
 local file is written to a temp sibling, fsynced and renamed; an S3 object is one PUT or a
 multipart upload that is aborted on failure. Local listing never follows directory symlinks and
 reports broken ones with size -1 instead of hiding them, so callers can reject them explicitly.
-Errors are ``OSError`` subclasses naming the URI.
+Errors are ``OSError`` subclasses naming the URI; an S3 endpoint that stays unreachable or
+throttling through every retry raises :class:`StorageUnavailableError` (a ``ConnectionError``
+naming the endpoint), and :func:`retry_counts` tells how many retries this process made.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from musicoder.storage import local, s3
+from musicoder.storage.s3 import StorageUnavailableError, retry_counts
 from musicoder.storage.uri import basename, is_local, join, local_path, parent, resolve
 
 __all__ = [
     "ObjectInfo",
+    "StorageUnavailableError",
     "basename",
     "delete",
     "exists",
@@ -44,6 +48,7 @@ __all__ = [
     "read_text",
     "real_key",
     "resolve",
+    "retry_counts",
     "size",
     "write_bytes",
     "write_file",

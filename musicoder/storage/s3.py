@@ -8,6 +8,13 @@ tests point the endpoint somewhere new between cases. Request retries are botoco
 standard/adaptive mode; they stop once response headers have arrived, so :class:`Reader`
 re-opens a broken body with a ``Range`` from its current offset. Call through
 :mod:`musicoder.storage`, not directly.
+
+Throttling and outages (DESIGN §9): every retry botocore made (``RetryAttempts`` of each call) and
+every Range re-open is counted per process (:func:`retry_counts`), for the sharding job's Ray
+metrics and the trainer's TensorBoard. An error that is the service's state rather than the
+object's (no connection, a timeout, a 5xx or ``SlowDown`` still there after the retries) becomes
+:class:`StorageUnavailableError`, a ``ConnectionError`` that names the endpoint: the sharding
+worker re-raises it (never a reject) and the driver stops at the first shard that fails with it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
     IncompleteReadError,
     ReadTimeoutError,
     ResponseStreamingError,
@@ -89,6 +99,58 @@ STREAM_ERRORS = (
     TimeoutError,
 )
 BOTO_ERRORS = (ClientError, BotoCoreError, boto3.exceptions.Boto3Error)
+# Errors that say the service, not the object, is the problem (after botocore's retries).
+UNAVAILABLE_ERRORS = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ConnectionClosedError,
+    ReadTimeoutError,
+)
+UNAVAILABLE_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "503"}
+)
+
+
+class StorageUnavailableError(ConnectionError):
+    """The S3 endpoint cannot be reached or keeps refusing (after retries); names the endpoint."""
+
+
+_retries = {"requests": 0, "reopens": 0}  # this process's retried requests and Range re-opens
+
+
+def retry_counts() -> dict[str, int]:
+    """Retries of this process so far: ``requests`` (botocore's, one per repeated HTTP
+    request: 503 ``SlowDown``, resets, timeouts) and ``reopens`` (bodies re-opened by Range)."""
+    return dict(_retries)
+
+
+def _count_retries(parsed: Any = None, **_: Any) -> None:
+    # botocore event "after-call": the final response of a call, after its retries.
+    attempts = (parsed or {}).get("ResponseMetadata", {}).get("RetryAttempts", 0)
+    if attempts:
+        _retries["requests"] += attempts
+
+
+def _count_failed_retries(exception: Exception | None = None, **_: Any) -> None:
+    # botocore event "after-call-error": a call that got no response (no connection) after
+    # all its attempts; every attempt after the first was a retry.
+    if isinstance(exception, UNAVAILABLE_ERRORS):
+        _retries["requests"] += max_attempts() - 1
+
+
+def max_attempts() -> int:
+    """Attempts per request: ``AWS_MAX_ATTEMPTS`` or the default."""
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS", str(DEFAULT_MAX_ATTEMPTS))
+    if not attempts.isdigit() or int(attempts) < 1:
+        raise ValueError(f"AWS_MAX_ATTEMPTS={attempts!r}: must be a positive integer")
+    return int(attempts)
+
+
+def endpoint() -> str:
+    """Where requests go: the configured endpoint URL, or the client's (AWS's regional one)."""
+    env = os.environ
+    configured = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    return configured or client().meta.endpoint_url
 
 
 def split(uri: str) -> tuple[str, str]:
@@ -101,9 +163,23 @@ def split(uri: str) -> tuple[str, str]:
 
 def as_os_error(uri: str, e: Exception) -> OSError:
     """The OSError naming ``uri`` for a boto error: FileNotFoundError for NoSuchKey/404 etc."""
+    if isinstance(e, UNAVAILABLE_ERRORS):
+        return StorageUnavailableError(
+            errno.EHOSTUNREACH,
+            f"S3 endpoint {endpoint()} unavailable ({type(e).__name__} after "
+            f"{max_attempts()} attempts)",
+            uri,
+        )
     if isinstance(e, ClientError):
         err = e.response.get("Error", {})
         code = str(err.get("Code", "Unknown"))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in UNAVAILABLE_CODES or status >= 500:
+            return StorageUnavailableError(
+                errno.EAGAIN,
+                f"S3 endpoint {endpoint()} unavailable ({code} after {max_attempts()} attempts)",
+                uri,
+            )
         if code in MISSING_CODES:
             return FileNotFoundError(errno.ENOENT, f"no such S3 object ({code})", uri)
         if code in DENIED_CODES:
@@ -142,28 +218,25 @@ def _make_client() -> Any:
     mode = env.get("AWS_RETRY_MODE", DEFAULT_RETRY_MODE)
     if mode not in RETRY_MODES:
         raise ValueError(f"AWS_RETRY_MODE={mode!r}: must be one of {RETRY_MODES}")
-    attempts = env.get("AWS_MAX_ATTEMPTS", str(DEFAULT_MAX_ATTEMPTS))
-    if not attempts.isdigit() or int(attempts) < 1:
-        raise ValueError(f"AWS_MAX_ATTEMPTS={attempts!r}: must be a positive integer")
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    attempts = str(max_attempts())
+    url = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
     config = Config(
         retries={"mode": mode, "total_max_attempts": int(attempts)},
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
         max_pool_connections=MAX_POOL_CONNECTIONS,
         # Custom endpoints (MinIO, Ceph) rarely resolve virtual-host bucket names.
-        s3={"addressing_style": "path" if endpoint else "auto"},
+        s3={"addressing_style": "path" if url else "auto"},
         # Many S3-compatible servers reject the newer default CRC checksum headers.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    log.debug(
-        "new S3 client: endpoint=%s retries=%s/%s pid=%d", endpoint, mode, attempts, os.getpid()
-    )
-    return boto3.session.Session(region_name=region).client(
-        "s3", endpoint_url=endpoint, config=config
-    )
+    log.debug("new S3 client: endpoint=%s retries=%s/%s pid=%d", url, mode, attempts, os.getpid())
+    made = boto3.session.Session(region_name=region).client("s3", endpoint_url=url, config=config)
+    made.meta.events.register("after-call.s3", _count_retries)
+    made.meta.events.register("after-call-error.s3", _count_failed_retries)
+    return made
 
 
 def client() -> Any:
@@ -281,7 +354,7 @@ class Reader(io.RawIOBase):
                 self._close_body()
                 failures += 1
                 if failures > READ_REOPEN_ATTEMPTS:
-                    raise OSError(
+                    raise StorageUnavailableError(
                         errno.EIO,
                         f"read failed at byte {self._pos} of {self._size} "
                         f"after {failures} attempts ({type(e).__name__}: {e})",
@@ -295,6 +368,7 @@ class Reader(io.RawIOBase):
                     failures,
                     READ_REOPEN_ATTEMPTS,
                 )
+                _retries["reopens"] += 1
                 time.sleep(READ_BACKOFF_S * 2 ** (failures - 1))
                 continue
             view[: len(chunk)] = chunk

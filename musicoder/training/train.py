@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from musicoder.data.plan import derive_seed
-from musicoder.data.stream import ShardStream, make_loader
+from musicoder.data.stream import DamagedShardsError, ShardStream, make_loader
 from musicoder.model import (
     Batch,
     flops_per_frame,
@@ -145,7 +145,11 @@ class Pretrainer:
         self.engine = None
         self.tb: TrainLogger | None = None
         self._batches = None
-        self._skipped: dict[int, int] = {}  # unreadable shards seen, per loader worker
+        self._skipped: dict[int, int] = {}  # bad samples skipped this epoch, per loader worker
+        self._s3_retries: dict[int, int] = {}  # S3 retries so far, per loader worker
+        self._damaged: set[int] = set()  # train shards this rank's workers found bad
+        self._damaged_synced = 0  # how many of them the other ranks know of
+        self._job_damaged: set[int] = set()  # the union over ranks
         self._old_handlers: dict = {}
 
     # ---------------------------------------------------------------- setup
@@ -278,7 +282,9 @@ class Pretrainer:
         while True:
             for item in loader:
                 position.consumed[item[1].worker] = item[1].consumed
-                self._skipped[item[1].worker] = item[1].skipped_shards
+                self._skipped[item[1].worker] = item[1].skipped_samples
+                self._damaged.update(item[1].damaged)
+                self._s3_retries[item[1].worker] = item[1].s3_retries
                 yield item
             position.epoch += 1
             position.consumed = [0] * self.stream.num_workers
@@ -307,9 +313,17 @@ class Pretrainer:
                 engine.step()
                 metrics.add(loss, info.frames)  # stays on the device: no host sync here
             # One collective per step, as stopping must be agreed on every step anyway.
-            frames, skipped, stop = self._all_sum(
-                [metrics.frames, sum(self._skipped.values()), float(self.stop_requested)]
+            frames, new_damaged, skipped, s3_retries, stop = self._all_sum(
+                [
+                    metrics.frames,
+                    len(self._damaged) - self._damaged_synced,
+                    sum(self._skipped.values()),
+                    sum(self._s3_retries.values()),
+                    float(self.stop_requested),
+                ]
             )
+            if new_damaged > 0:  # rare: every rank takes part, as every rank saw the sum
+                self._check_damaged()
             elapsed = time.perf_counter() - start
             self.state.step += 1
             global_batch = tcfg.micro_batch * tcfg.grad_accum * self.world
@@ -323,6 +337,7 @@ class Pretrainer:
                     losses=losses,
                     frames=frames,
                     skipped=skipped,
+                    s3_retries=s3_retries,
                     elapsed=elapsed,
                     global_batch=global_batch,
                     seq_len=target.features.shape[1],
@@ -352,6 +367,37 @@ class Pretrainer:
             return split_halves(batch, inputs)
         return dataclasses.replace(batch, masked_input=inputs)
 
+    def _check_damaged(self) -> None:
+        """Merge the damaged shards of all ranks (one MAX all-reduce over a flag per shard) and
+        stop the job when there are more than `data.max_damaged_shards`.
+
+        Raises:
+            DamagedShardsError: on every rank alike, naming the first damaged shards.
+        """
+        import torch.distributed as dist
+
+        shards = self.stream.shards
+        flags = torch.zeros(len(shards), dtype=torch.float32)
+        flags[sorted(self._damaged)] = 1.0
+        flags = flags.to(self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self._job_damaged = set(flags.nonzero().flatten().tolist())
+        self._damaged_synced = len(self._damaged)
+        limit, found = self.config.data.max_damaged_shards, len(self._job_damaged)
+        names = ", ".join(shards[i].uri for i in sorted(self._job_damaged)[:3])
+        log_rank_zero(
+            "%d of %d train shards damaged or unreadable so far (data.max_damaged_shards=%d)",
+            found,
+            len(shards),
+            limit,
+        )
+        if found > limit:
+            raise DamagedShardsError(
+                f"{self.config.data.manifest}: {found} of {len(shards)} train shards are damaged "
+                f"or unreadable, more than data.max_damaged_shards={limit} ({names}"
+                f"{', ...' if found > 3 else ''}); see the warnings, re-shard or raise the limit"
+            )
+
     def _all_sum(self, values: list[float] | torch.Tensor) -> list[float]:
         """Sum over ranks (float64, on the device for NCCL), read back to the host."""
         import torch.distributed as dist
@@ -367,6 +413,7 @@ class Pretrainer:
         losses: list[float],
         frames: float,
         skipped: float,
+        s3_retries: float,
         elapsed: float,
         global_batch: int,
         seq_len: int,
@@ -386,7 +433,9 @@ class Pretrainer:
             "perf/tflops_per_device": tflops,
             "perf/mfu": tflops / self.config.train.peak_tflops,
             "perf/memory_gib": _memory_gib(),
-            "data/skipped_shards": skipped,
+            "data/skipped_shards": float(len(self._job_damaged)),
+            "data/skipped_samples": skipped,
+            "data/s3_retries": s3_retries,
             "data/epoch": float(self.state.position.epoch),
         }
         if self.config.loss.contrastive_weight:

@@ -215,7 +215,7 @@ def test_bad_sample_is_skipped(tmp_path):
     other = write_shard_set(tmp_path / "other", [6], frames=(20, 30), seed=4, preset="logmel128")
     shutil.copy(other / "shard-000000.tar", root / "shard-000001.tar")
     manifest = json.loads((root / "manifest.json").read_text())
-    manifest["train"].append({"name": "shard-000001.tar", "samples": 6, "frames": 1, "bytes": 1})
+    manifest["train"].append({"name": "shard-000001.tar", "samples": 6, "frames": 1})
     (root / "manifest.json").write_text(json.dumps(manifest))
     batches = _collect(_stream(root))
     assert len(batches) == 12 // BATCH
