@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from fixtures_sharding import RUN_ARGS, ShardCorpus, ShardRun
 
@@ -65,12 +66,30 @@ def _submit_shard(url: str, *args: str) -> list[str]:
     return [*submit, "python", "launch/shard.py", *args]
 
 
-@pytest.fixture
-def ray_head(s3_env: str, tmp_path: Path):
-    """``ray start --head --block`` as a child process with the S3 environment, the README's
-    ``RAY_AUTH_MODE=token`` and a token already in ``$HOME/.ray``; yields its URL and env."""
-    ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
-    temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray puts sockets below it
+def stop_node(proc: subprocess.Popen) -> None:
+    """Stop a ``ray start --block`` child (SIGTERM by handle), then whatever it started that
+    is still there (by pid)."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def token_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for Ray commands as on a machine where a local Ray has run: a temp HOME whose
+    ``.ray/auth_token`` holds a token, and the README's ``RAY_AUTH_MODE=token``."""
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))  # as a local ray.init() does
@@ -84,6 +103,16 @@ def ray_head(s3_env: str, tmp_path: Path):
     )
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
+    return env
+
+
+@pytest.fixture
+def ray_head(s3_env: str, tmp_path: Path):
+    """``ray start --head --block`` as a child process with the S3 environment, the README's
+    ``RAY_AUTH_MODE=token`` and a token already in ``$HOME/.ray``; yields its URL and env."""
+    ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
+    temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray puts sockets below it
+    env = token_env(tmp_path)
     cmd = [
         _ray(),
         "start",
@@ -121,12 +150,7 @@ def ray_head(s3_env: str, tmp_path: Path):
             pytest.fail("Ray head did not come up within 120 s")
         yield url, env
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait(timeout=30)
+        stop_node(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
