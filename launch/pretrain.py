@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             args,
             flags={"data.manifest": args.manifest, "train.output_dir": args.output_dir},
         )
-        check_inputs(cfg, args.deepspeed)  # every rank checks; rank 0 prints the one line
+        check_inputs(cfg, args.deepspeed, args.resume)  # every rank checks; rank 0 prints it
     except EXPECTED_ERRORS as exc:
         fail(parser, exc)
     default_single_process_env()

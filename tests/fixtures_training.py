@@ -8,11 +8,13 @@ fewer shards than ranks x workers, so loader and trainer tests share the writing
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -320,3 +322,58 @@ def zero3_run(s3_shard_set, tmp_path_factory) -> PretrainRun:
     run = run_pretrain(tmp_path_factory.mktemp("zero3") / "run", uri, zero=3, env=env)
     assert run.returncode == 0, run.log[-3000:]
     return run
+
+
+def start_two_nodes(
+    out: pathlib.Path,
+    manifest: str,
+    workdir: pathlib.Path,
+    *,
+    zero: int = 2,
+    settings: Sequence[str] = (),
+    resume: bool = False,
+) -> list[subprocess.Popen]:
+    """Start one `deepspeed --hostfile H --no_ssh --node_rank R` launcher per "node" of a
+    hostfile that names this machine twice (one slot each): one 2-rank job over gloo, the way
+    SLURM's `srun` starts it. Each launcher leads its own process group (a node to kill, stop
+    or signal as a whole) and logs to `workdir/node<R>.log`. The caller stops them."""
+    hostfile = workdir / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    # The script and its arguments as a single-process command would run them.
+    _, *script = pretrain_command(
+        out, manifest, zero=zero, procs=None, settings=settings, resume=resume
+    )
+    port = str(free_port())
+    nodes = []
+    for node in (0, 1):
+        with open(workdir / f"node{node}.log", "w") as log:
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        str(DEEPSPEED),
+                        "--hostfile",
+                        str(hostfile),
+                        "--no_ssh",
+                        "--node_rank",
+                        str(node),
+                        "--master_addr",
+                        "127.0.0.1",
+                        "--master_port",
+                        port,
+                        *script,
+                    ],
+                    cwd=REPO,
+                    env=run_env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    return nodes
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a launcher's whole process group (ranks and loader workers too) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

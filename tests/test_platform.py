@@ -98,3 +98,32 @@ def test_compose_config_validates() -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
+
+
+RANK_PATTERN = "--local_rank="  # what the rank processes' command lines have and launchers lack
+
+
+def test_slurm_stops_ranks_saves_and_requeues() -> None:
+    """5 min before the limit the batch shell gets USR1, SIGTERMs every rank on every node (not
+    the launchers), waits for the stop checkpoint and requeues; the job resumes by itself."""
+    path = PLATFORM / "slurm/pretrain.sbatch"
+    text = path.read_text()
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    assert re.search(r"^#SBATCH --signal=B:USR1@\d+", text, re.M)
+    assert re.search(r"^#SBATCH --requeue", text, re.M)
+    assert re.search(r"^trap stop_and_requeue USR1$", text, re.M)
+    assert f"pkill -TERM -f -- '{RANK_PATTERN}'" in text and "scontrol requeue" in text
+    assert "--kill-on-bad-exit=1" in text and "--resume auto" in text
+
+
+def test_k8s_pid1_forwards_sigterm_to_the_ranks() -> None:
+    docs = list(yaml.safe_load_all((PLATFORM / "k8s/pretrain.yaml").read_text()))
+    job = next(d for d in docs if d["kind"] == "Job")
+    spec = job["spec"]["template"]["spec"]
+    script = spec["containers"][0]["args"][0]
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert "exec " not in script  # the shell stays PID 1 to hold the trap
+    assert f"pkill -TERM -f -- '{RANK_PATTERN}'\" TERM" in script and "--resume auto" in script
+    assert spec["terminationGracePeriodSeconds"] >= 300
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"type": "DisruptionTarget"} in rules[0]["onPodConditions"]

@@ -33,13 +33,16 @@ checkpoint once storage is back. Batches also carry their worker's S3 retry coun
 
 The DataLoader keeps its workers across epochs (`persistent_workers`). The workers hold copies of
 the stream, so the epoch and the per-worker resume skips live in a small shared-memory tensor that
-`set_epoch` / `set_position` write and `__iter__` reads when each epoch starts.
+`set_epoch` / `set_position` write and `__iter__` reads when each epoch starts. Workers ignore
+SIGTERM and SIGINT: a stop signal sent to a whole process group (SLURM, the DeepSpeed launcher,
+Ctrl-C) is for the trainer's stop flag, and must not kill a worker while the trainer saves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import signal
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -165,6 +168,12 @@ class _Verifier:
             raise ShardChecksumError(
                 f"sha256 {found[:12]}..., the manifest says {ref.sha256[:12]}..."
             )
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader worker init: leave SIGTERM/SIGINT to the trainer (it stops the workers)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _identity(item):
@@ -437,4 +446,5 @@ def make_loader(stream: ShardStream) -> DataLoader:
         collate_fn=_identity,
         prefetch_factor=stream.config.prefetch_factor if workers else None,
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_stop_signals,
     )

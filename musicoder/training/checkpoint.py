@@ -4,7 +4,12 @@ DeepSpeed writes model and optimizer shards on every rank; this module adds what
 safe to resume from. The client state is a dataclass saved as JSON beside the shards (and in
 DeepSpeed's client_state), so resume decisions (world size changed?) need no unpickling. A
 checkpoint counts only once `latest` names it, and `latest` is written by rank 0 after a barrier,
-so a half-written tag is never picked. A world-size change is handled with DeepSpeed's universal
+so a half-written tag is never picked. Before `latest`, rank 0 also writes the tag's file list
+(every file and its size, listed once all ranks' files are on disk); resume and export check a
+tag against it, so a tag torn afterwards (a node's unflushed writes lost on a shared filesystem,
+a file deleted or truncated) is noticed and resume falls back to the previous complete tag.
+Sizes, not hashes: a lost or partial write changes a size, and checking costs one `stat` per
+file instead of reading gigabytes. A world-size change is handled with DeepSpeed's universal
 checkpoint (`ds_to_universal`, then `load_universal`). Loading DeepSpeed's own `.pt` files
 needs full unpickling, so only checkpoints this project wrote are loaded that way (DESIGN §7).
 """
@@ -31,6 +36,7 @@ LATEST = "latest"
 STATE_FILE = "musicoder_state.json"
 UNIVERSAL_SUFFIX = "_universal"
 UNIVERSAL_DONE = "musicoder_universal_done"
+FILE_LIST = "musicoder_files.json"  # {relative path: size in bytes}, written last in a tag
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 
 
@@ -81,6 +87,78 @@ def read_state(ckpt_dir: str, tag: str) -> ClientState:
     return ClientState.from_dict(storage.read_json(os.path.join(ckpt_dir, tag, STATE_FILE)))
 
 
+def _files_on_disk(tag_dir: str) -> dict[str, int]:
+    """Every file under `tag_dir` except the file list itself: {relative path: size}."""
+    found = {}
+    for root, _, names in os.walk(tag_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, tag_dir)] = os.path.getsize(path)
+    found.pop(FILE_LIST, None)
+    return found
+
+
+def write_file_list(tag_dir: str) -> None:
+    """Record every file of a finished save and its size (rank 0, after all ranks wrote)."""
+    storage.write_json(os.path.join(tag_dir, FILE_LIST), _files_on_disk(tag_dir))
+
+
+def torn_reason(ckpt_dir: str, tag: str) -> str | None:
+    """Why a tag is not a complete checkpoint (a missing or resized file, no file list), or
+    None when every file its list names is there with its recorded size."""
+    tag_dir = os.path.join(ckpt_dir, tag)
+    if not os.path.isdir(tag_dir):
+        return "the tag folder is missing"
+    try:
+        expected = storage.read_json(os.path.join(tag_dir, FILE_LIST))
+    except FileNotFoundError:
+        return f"no {FILE_LIST} (its save did not finish)"
+    except ValueError as exc:
+        return f"unreadable {FILE_LIST} ({exc})"
+    for name, size in sorted(expected.items()):
+        path = os.path.join(tag_dir, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != size:
+            return f"{name} is {os.path.getsize(path)} bytes, {size} when saved"
+    return None
+
+
+def _tags_up_to_latest(ckpt_dir: str) -> list[str]:
+    """Tags no newer than the one `latest` names, newest first (empty without `latest`)."""
+    path = os.path.join(ckpt_dir, LATEST)
+    if not os.path.isfile(path):
+        return []
+    named = TAG_PATTERN.match(open(path, encoding="utf-8").read().strip())
+    if named is None:
+        raise ValueError(f"{path}: does not name a checkpoint tag")
+    limit = int(named.group(1))
+    steps = [int(m.group(1)) for name in os.listdir(ckpt_dir) if (m := TAG_PATTERN.match(name))]
+    return [tag_for(step) for step in sorted({*steps, limit}, reverse=True) if step <= limit]
+
+
+def complete_tag(ckpt_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest complete tag at or before `latest`, and the newer torn ones skipped.
+
+    Returns:
+        `(tag, torn)`: tag is None when there is no `latest` (nothing saved yet); `torn` lists
+        `(tag, reason)` for each newer tag that failed `torn_reason`, newest first.
+
+    Raises:
+        ValueError: `latest` exists but no tag it covers is complete.
+    """
+    torn = []
+    for tag in _tags_up_to_latest(ckpt_dir):
+        reason = torn_reason(ckpt_dir, tag)
+        if reason is None:
+            return tag, torn
+        torn.append((tag, reason))
+    if torn:
+        listed = "; ".join(f"{tag}: {reason}" for tag, reason in torn)
+        raise ValueError(f"{ckpt_dir}: no complete checkpoint ({listed})")
+    return None, torn
+
+
 def save(engine, ckpt_dir: str, state: ClientState, *, keep_last: int) -> str:
     """Save a checkpoint on every rank, then publish it as `latest` and prune old ones.
 
@@ -89,10 +167,14 @@ def save(engine, ckpt_dir: str, state: ClientState, *, keep_last: int) -> str:
     import torch.distributed as dist
 
     tag = tag_for(state.step)
+    tag_dir = os.path.join(ckpt_dir, tag)
     rank0 = dist.get_rank() == 0
     if rank0:  # the sidecar goes in first: without `latest` naming the tag, it is inert
-        os.makedirs(os.path.join(ckpt_dir, tag), exist_ok=True)
-        storage.write_json(os.path.join(ckpt_dir, tag, STATE_FILE), state.to_dict())
+        for stale in (tag_dir, tag_dir + UNIVERSAL_SUFFIX):  # left by a torn or crashed save
+            shutil.rmtree(stale, ignore_errors=True)
+        os.makedirs(tag_dir)
+        storage.write_json(os.path.join(tag_dir, STATE_FILE), state.to_dict())
+    dist.barrier()  # no rank writes into the tag before a stale copy is gone
     from deepspeed.checkpoint.constants import (
         UNIVERSAL_CHECKPOINT_INFO,
         UNIVERSAL_CHECKPOINT_VERSION_KEY,
@@ -109,25 +191,24 @@ def save(engine, ckpt_dir: str, state: ClientState, *, keep_last: int) -> str:
     )
     dist.barrier()  # every rank's shards are on disk before the tag counts
     if rank0:
+        write_file_list(tag_dir)
         storage.write_text(os.path.join(ckpt_dir, LATEST), tag)
         prune(ckpt_dir, keep_last)
-        log.info("saved checkpoint %s", os.path.join(ckpt_dir, tag))
+        log.info("saved checkpoint %s", tag_dir)
     dist.barrier()
     return tag
 
 
 def prune(ckpt_dir: str, keep_last: int) -> None:
     """Delete all but the newest `keep_last` complete tags (never the one `latest` names),
-    plus tags newer than `latest` (left by a crash mid-save) and stale universal copies."""
+    plus torn tags, tags newer than `latest` (left by a crash mid-save) and stale universal
+    copies. With `keep_last` >= 2 (a config rule), a complete tag older than `latest` always
+    remains to fall back to if the newest is later found torn."""
     current = latest_tag(ckpt_dir)
     if current is None:
         return
-    limit = int(TAG_PATTERN.match(current).group(1))
-    steps = sorted(
-        (int(m.group(1)), name) for name in os.listdir(ckpt_dir) if (m := TAG_PATTERN.match(name))
-    )
-    keep = {name for step, name in steps if step <= limit}
-    keep = {name for _, name in [s for s in steps if s[1] in keep][-keep_last:]} | {current}
+    complete = [tag for tag in _tags_up_to_latest(ckpt_dir) if torn_reason(ckpt_dir, tag) is None]
+    keep = set(complete[:keep_last]) | {current}
     for name in os.listdir(ckpt_dir):
         base = name.removesuffix(UNIVERSAL_SUFFIX)
         if TAG_PATTERN.match(base) and base not in keep:
@@ -167,18 +248,34 @@ def to_universal(ckpt_dir: str, tag: str) -> str:
 
 def resolve_checkpoint(path: str) -> tuple[str, str]:
     """Find `(checkpoints dir, tag)` from a run dir, its `checkpoints/` dir or one tag dir
-    (the latest tag unless a tag dir is given).
+    (the latest tag unless a tag dir is given), and check that the tag is complete.
 
     Raises:
-        FileNotFoundError: no complete checkpoint there.
+        FileNotFoundError: no checkpoint there.
+        ValueError: the tag is torn (names the file and the newest complete tag, if any).
     """
     path = os.path.abspath(path.rstrip("/"))
-    if os.path.isfile(os.path.join(path, STATE_FILE)):
-        return os.path.dirname(path), os.path.basename(path)
-    for ckpt_dir in (os.path.join(path, CHECKPOINTS_DIR), path):
-        if os.path.isfile(os.path.join(ckpt_dir, LATEST)):
-            return ckpt_dir, latest_tag(ckpt_dir)
-    raise FileNotFoundError(f"{path}: no complete checkpoint (no '{LATEST}' file or tag dir)")
+    name = os.path.basename(path)
+    if os.path.isfile(os.path.join(path, STATE_FILE)) or (
+        TAG_PATTERN.match(name) and os.path.isdir(path)
+    ):
+        ckpt_dir, tag = os.path.dirname(path), name
+    else:
+        found = [d for d in (os.path.join(path, CHECKPOINTS_DIR), path) if _tags_up_to_latest(d)]
+        if not found:
+            raise FileNotFoundError(f"{path}: no checkpoint (no '{LATEST}' file or tag dir)")
+        ckpt_dir, tag = found[0], _tags_up_to_latest(found[0])[0]
+    reason = torn_reason(ckpt_dir, tag)
+    if reason is not None:
+        try:
+            fallback, _ = complete_tag(ckpt_dir)
+        except ValueError:
+            fallback = None
+        hint = (
+            f"; the newest complete one is {os.path.join(ckpt_dir, fallback)}" if fallback else ""
+        )
+        raise ValueError(f"{os.path.join(ckpt_dir, tag)}: torn checkpoint, {reason}{hint}")
+    return ckpt_dir, tag
 
 
 def export_encoder(path: str, out_dir: str) -> str:
@@ -190,13 +287,17 @@ def export_encoder(path: str, out_dir: str) -> str:
 
     Returns:
         The tag that was exported.
+
+    Raises:
+        FileNotFoundError: no checkpoint at `path`.
+        ValueError: the tag is torn (see `resolve_checkpoint`).
     """
+    ckpt_dir, tag = resolve_checkpoint(path)  # before the heavy imports: a torn tag fails fast
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from musicoder.pretrained import save_encoder
     from musicoder.training.config import PretrainConfig
 
-    ckpt_dir, tag = resolve_checkpoint(path)
     state = read_state(ckpt_dir, tag)
     pretrain_cfg = PretrainConfig.from_dict(state.config)
     tag_dir = os.path.join(ckpt_dir, tag)

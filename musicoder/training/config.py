@@ -26,12 +26,16 @@ class TrainConfig:
     grad_accum: int = 1  # micro steps per optimizer step
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # fp16 needs a GPU
     save_every: int = 500  # checkpoint every N steps (and at the end, and on SIGTERM)
-    keep_last: int = 3  # checkpoints kept
+    keep_last: int = 3  # complete checkpoints kept (>= 2: the newest and one to fall back to)
     log_every: int = 10  # TensorBoard scalars every N steps
     image_every: int = 200  # input/masked/reconstruction image every N steps (0 = never)
     val_every: int = 200  # validation loss every N steps (0 = never)
     output_dir: str = "runs/pretrain"  # local or shared filesystem (DeepSpeed writes here)
     seed: int = 0
+    # A collective that waits longer than this fails, so a dead or hung node ends the job
+    # instead of stalling it for torch's 30 minutes; must exceed the longest wait of one rank
+    # for the others (a checkpoint save, the first batches from storage).
+    collective_timeout_s: float = 600.0
     peak_tflops: float = 989.0  # per-device dense bf16 peak for MFU (H100 SXM datasheet)
 
     def __post_init__(self) -> None:
@@ -45,11 +49,16 @@ class TrainConfig:
         ):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.keep_last < 2:  # a torn newest checkpoint needs a complete one to fall back to
+            raise ValueError(
+                f"train.keep_last: must be >= 2 (the newest checkpoint and one to fall back to "
+                f"if the newest is torn), got {self.keep_last}"
+            )
         for key in ("warmup_steps", "image_every", "val_every"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key}: must be >= 0, got {getattr(self, key)}")
-        if self.lr <= 0 or self.peak_tflops <= 0:
-            raise ValueError("train.lr and train.peak_tflops: must be > 0")
+        if self.lr <= 0 or self.peak_tflops <= 0 or self.collective_timeout_s <= 0:
+            raise ValueError("train.lr, train.peak_tflops, train.collective_timeout_s: must be > 0")
         if not storage.is_local(self.output_dir):
             raise ValueError(
                 f"train.output_dir: {self.output_dir} must be a local or shared "

@@ -8,6 +8,9 @@ Stopping is collective: SIGTERM/SIGINT only set a flag, the ranks all-reduce it 
 step (together with the step's metrics, so it costs no extra collective), and all of them save
 one checkpoint at the same step and return normally. Dropout is reseeded from (seed, step,
 micro step, rank) so a resumed run replays the same randomness as an uninterrupted one.
+
+A dead or hung rank ends the others: every process group waits at most
+`train.collective_timeout_s` in a collective, then raises, and the rank exits non-zero.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 import torch
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 RESOLVED_CONFIG = "config.yaml"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+UNIVERSAL_TIMEOUT_S = 4 * 3600  # ranks wait this long for rank 0's universal conversion
 
 
 def log_rank_zero(msg: str, *args: Any) -> None:
@@ -87,17 +92,21 @@ class StepMetrics:
         return torch.stack([self.loss, self.cfm, self.ccm, self.contrastive]).double()
 
 
-def check_inputs(config: PretrainConfig, deepspeed_config: str) -> Manifest:
+def check_inputs(
+    config: PretrainConfig, deepspeed_config: str, resume: Literal["auto"] | None = None
+) -> Manifest:
     """Check what a run is given before any process group exists, so that every rank fails
-    alike with a one-line error: the manifest (complete, readable, the model's preset) and the
-    DeepSpeed JSON (readable, no key the YAML owns).
+    alike with a one-line error: the manifest (complete, readable, the model's preset), the
+    DeepSpeed JSON (readable, no key the YAML owns) and, with `resume="auto"`, that a
+    checkpoint dir with a `latest` still has a complete tag.
 
     Returns:
         The manifest.
 
     Raises:
         FileNotFoundError: no manifest or DeepSpeed JSON.
-        ValueError: an unreadable or mismatched manifest, a bad DeepSpeed JSON, or fp16 on CPU.
+        ValueError: an unreadable or mismatched manifest, a bad DeepSpeed JSON, fp16 on CPU,
+            or only torn checkpoints to resume from.
     """
     tcfg = config.train
     if tcfg.precision == "fp16" and not torch.cuda.is_available():
@@ -105,6 +114,8 @@ def check_inputs(config: PretrainConfig, deepspeed_config: str) -> Manifest:
     manifest = read_manifest(config.data.manifest)
     check_preset(manifest, config.data.preset, config.model_config().input_dim)
     deepspeed_dict(config, deepspeed_config, on_cpu=not torch.cuda.is_available())
+    if resume == "auto":
+        checkpoint.complete_tag(os.path.join(tcfg.output_dir, checkpoint.CHECKPOINTS_DIR))
     return manifest
 
 
@@ -160,8 +171,12 @@ class Pretrainer:
         import torch.distributed as dist
 
         cfg, tcfg = self.config, self.config.train
-        manifest = check_inputs(cfg, self.ds_path)  # bad input fails before any collective
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        manifest = check_inputs(cfg, self.ds_path, self.resume)  # fails before any collective
+        timeout = timedelta(seconds=tcfg.collective_timeout_s)
+        _default_group_timeout(timeout)
+        deepspeed.init_distributed(
+            dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout
+        )
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         tag, universal = self._find_resume()
         ds_cfg = deepspeed_dict(
@@ -216,7 +231,13 @@ class Pretrainer:
 
         if self.resume != "auto":
             return None, False
-        tag = checkpoint.latest_tag(self.ckpt_dir)
+        tag, torn = checkpoint.complete_tag(self.ckpt_dir)
+        for skipped, reason in torn if self.rank == 0 else []:
+            log.warning(
+                "--resume auto: checkpoint %s is torn (%s); trying the one before",
+                os.path.join(self.ckpt_dir, skipped),
+                reason,
+            )
         if tag is None:
             log_rank_zero("--resume auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
             return None, False
@@ -229,9 +250,13 @@ class Pretrainer:
             saved.world_size,
             self.world,
         )
+        # Converting can take longer than the collective timeout: the others wait on a group
+        # of their own with a timeout that fits the conversion.
+        slow = dist.new_group(backend="gloo", timeout=timedelta(seconds=UNIVERSAL_TIMEOUT_S))
         if self.rank == 0:
             checkpoint.to_universal(self.ckpt_dir, tag)
-        dist.barrier()
+        dist.barrier(group=slow)
+        dist.destroy_process_group(slow)
         return tag + checkpoint.UNIVERSAL_SUFFIX, True
 
     def _load(self, tag: str) -> None:
@@ -520,6 +545,17 @@ class Pretrainer:
             signal.signal(sig, handler)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _default_group_timeout(timeout: timedelta) -> None:
+    """Make `timeout` the default of every process group, not only of the world: torch gives
+    a group made by `new_group` without a timeout (DeepSpeed's data-parallel groups, where the
+    gradient all-reduces run) its module default of 30 minutes, not the world's."""
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    if isinstance(getattr(distributed_c10d, "default_pg_nccl_timeout", None), timedelta):
+        distributed_c10d.default_pg_nccl_timeout = timeout
 
 
 def _config_dict(cfg: PretrainConfig) -> dict:

@@ -9,10 +9,8 @@ picks its CPU accelerator on its own.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from fixtures_training import DEEPSPEED, REPO, free_port, pretrain_command, run_env
+from fixtures_training import start_two_nodes, stop_group
 
 from musicoder.training import checkpoint
 
@@ -22,15 +20,12 @@ STEPS = 4
 
 @pytest.mark.integration
 def test_two_launchers_form_one_zero3_job(shard_set, tmp_path):
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     out = tmp_path / "run"
-    # The script and its arguments as a single-process command would run them.
-    _, *script = pretrain_command(
+    nodes = start_two_nodes(
         out,
         str(shard_set),
+        tmp_path,
         zero=3,
-        procs=None,
         settings=(
             f"train.max_steps={STEPS}",
             "train.save_every=2",
@@ -38,38 +33,15 @@ def test_two_launchers_form_one_zero3_job(shard_set, tmp_path):
             "train.image_every=100",
         ),
     )
-    port = str(free_port())
-    launchers = [
-        subprocess.Popen(
-            [
-                str(DEEPSPEED),
-                "--hostfile",
-                str(hostfile),
-                "--no_ssh",
-                "--node_rank",
-                str(node),
-                "--master_addr",
-                "127.0.0.1",
-                "--master_port",
-                port,
-                *script,
-            ],
-            cwd=REPO,
-            env=run_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for node in (0, 1)
-    ]
     try:
-        logs = [proc.communicate(timeout=TIMEOUT_S)[0] for proc in launchers]
+        for proc in nodes:
+            proc.wait(timeout=TIMEOUT_S)
     finally:
-        for proc in launchers:  # only on failure: never leave a launcher behind
+        for proc in nodes:  # only on failure: never leave a launcher behind
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for node, (proc, log) in enumerate(zip(launchers, logs, strict=True)):
+                stop_group(proc)
+    logs = [(tmp_path / f"node{node}.log").read_text() for node in (0, 1)]
+    for node, (proc, log) in enumerate(zip(nodes, logs, strict=True)):
         assert proc.returncode == 0, f"node {node}:\n{log[-3000:]}"
         for crash in ("Traceback", "Aborted", "terminate called", "core dumped"):
             assert crash not in log, f"node {node}: {crash}\n{log[-3000:]}"
