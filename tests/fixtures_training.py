@@ -261,6 +261,13 @@ def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def run_command(command: Sequence[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run a launch script (pretrain, export) from the repo root to completion, output kept."""
+    return subprocess.run(
+        command, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
 @dataclass
 class PretrainRun:
     """A finished launch: its output dir, exit code and combined output."""

@@ -22,7 +22,7 @@ from fixtures_training import (
     REPO,
     RUN_TIMEOUT_S,
     pretrain_command,
-    run_env,
+    run_command,
     run_pretrain,
     start_two_nodes,
     stop_group,
@@ -54,14 +54,7 @@ def test_resume_with_only_torn_checkpoints_fails_in_one_line(shard_set, tmp_path
     tag.mkdir(parents=True)
     (tag / checkpoint.STATE_FILE).write_text("{}")  # its save never finished: no file list
     (tag.parent / checkpoint.LATEST).write_text(tag.name)
-    proc = subprocess.run(
-        pretrain_command(out, str(shard_set), procs=None, resume=True),
-        cwd=REPO,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_command(pretrain_command(out, str(shard_set), procs=None, resume=True))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr == (
         f"error: {tag.parent}: no complete checkpoint (global_step4: no "
@@ -80,13 +73,8 @@ def test_torn_newest_checkpoint_resumes_from_the_previous_one(zero2_run, shard_s
     with open(torn, "r+b") as f:  # rank 1's optimizer shard lost its second half
         f.truncate(torn.stat().st_size // 2)
 
-    export = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "export.py"), str(out), str(tmp_path / "enc")],
-        cwd=REPO,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    export = run_command(
+        [sys.executable, str(REPO / "launch" / "export.py"), str(out), str(tmp_path / "enc")]
     )
     assert export.returncode == 2 and not (tmp_path / "enc").exists()
     error = export.stderr.strip().splitlines()

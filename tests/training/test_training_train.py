@@ -14,7 +14,14 @@ import time
 
 import pytest
 import torch
-from fixtures_training import REPO, RUN_TIMEOUT_S, pretrain_command, run_env, run_pretrain
+from fixtures_training import (
+    REPO,
+    RUN_TIMEOUT_S,
+    pretrain_command,
+    run_command,
+    run_env,
+    run_pretrain,
+)
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -54,14 +61,7 @@ def _scalar(acc: EventAccumulator, tag: str) -> dict[int, float]:
 
 
 def _export(src, out) -> dict[str, torch.Tensor]:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "export.py"), str(src), str(out)],
-        cwd=REPO,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_command([sys.executable, str(REPO / "launch" / "export.py"), str(src), str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     return load_file(str(out / "encoder.safetensors"))
 
@@ -70,9 +70,7 @@ def _export(src, out) -> dict[str, torch.Tensor]:
 
 
 def _pretrain(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        command, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=180
-    )
+    return run_command(command)
 
 
 def test_pretrain_cli_rejects_bad_input_in_one_line(tmp_path):
