@@ -19,7 +19,7 @@ RUN apt-get update \
  && add-apt-repository -y ppa:deadsnakes/ppa \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-      ${PYTHON} ${PYTHON}-venv ${PYTHON}-dev libsndfile1 ffmpeg git build-essential openssh-client pdsh procps \
+      ${PYTHON} ${PYTHON}-venv ${PYTHON}-dev libsndfile1 libchromaprint1 ffmpeg git build-essential openssh-client pdsh procps \
  && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 1000 musicoder

@@ -31,6 +31,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/features.py
 	$(PY) bench/loader.py
+	$(PY) bench/facts.py
 	$(PY) bench/train_step.py
 
 # Real-audio yardstick kit (DESIGN §12) in ~/.cache/musicoder/realdata or $MUSICODER_REALDATA;

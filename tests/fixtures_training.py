@@ -180,6 +180,25 @@ def shard_set(tmp_path_factory) -> pathlib.Path:
     return write_shard_set(tmp_path_factory.mktemp("shards_even"), [12] * 6, [8, 8], seed=1)
 
 
+def write_view(path: pathlib.Path, sources: Sequence, **extra) -> None:
+    """Write a view (DESIGN §13) over shard sets: `sources` are (shard set folder,
+    {shard name: [excluded keys]}) pairs, each excluded key with reason "duplicate"."""
+    entries = []
+    for root, excluded in sources:
+        data = (root / "manifest.json").read_bytes()
+        entries.append(
+            {
+                "uri": str(root / "manifest.json"),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "weight": 1.0,
+                "excluded": {s: {k: "duplicate" for k in keys} for s, keys in excluded.items()},
+            }
+        )
+    view = {"format": "musicoder-view", "format_version": 1, "sources": entries} | extra
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(view))
+
+
 @pytest.fixture(scope="session")
 def uneven_shard_set(tmp_path_factory) -> pathlib.Path:
     """Seven train shards with sizes that divide nothing evenly (42 clips)."""

@@ -37,6 +37,10 @@ def _cases(tmp: pathlib.Path) -> dict[str, tuple[list[str], str]]:
             ["launch/export.py", str(tmp / "no-run"), str(tmp / "export")],
             f"error: {tmp / 'no-run'}",
         ),
+        "curate, missing input": (
+            ["launch/curate.py", "--input", "/does/not/exist", "--output", str(tmp / "view")],
+            "error: /does/not/exist/manifest.json: no manifest",
+        ),
         "embed, unreadable manifest": (
             ["launch/embed.py", "--encoder", str(tmp / "enc"), "--input", str(bad_manifest)],
             "error: ",
@@ -50,6 +54,7 @@ def _cases(tmp: pathlib.Path) -> dict[str, tuple[list[str], str]]:
         "shard, missing input",
         "shard, bad config",
         "export, no checkpoint",
+        "curate, missing input",
         "embed, unreadable manifest",
     ],
 )

@@ -69,7 +69,9 @@ log = logging.getLogger(__name__)
 class DataConfig:
     """Where training data comes from and how clips become batches."""
 
-    manifest: str = "shards"  # manifest.json or its folder; local path, file:// or s3://
+    manifest: str = (
+        "shards"  # manifest.json, view.json or their folder; local path, file:// or s3://
+    )
     preset: str = "musicoder324"  # feature preset the model expects; the manifest must match
     max_frames: int = 512  # random crop length (frames); shorter clips are padded
     shuffle_buffer: int = 256  # samples held per worker for shuffling (0 = read order)
@@ -397,10 +399,10 @@ class ShardStream(IterableDataset):
                 rng.shuffle(shards)
 
     def _read_shard(self, i: int, reading: _Reading) -> Iterator[np.ndarray | None]:
-        """Every sample of shard `i` in tar order; a bad sample yields None and is counted, so
-        sample indexes stay aligned with the index file. With `verify_sha256`, the shard's
-        bytes are checked against the manifest once its last sample has been taken (on this
-        worker's first complete read of it).
+        """Every sample of shard `i` in tar order, less the keys a view excludes; a bad sample
+        yields None and is counted, so sample indexes stay aligned with the shard's count. With
+        `verify_sha256`, the shard's bytes are checked against the manifest once its last
+        sample has been taken (on this worker's first complete read of it).
 
         Raises:
             ShardChecksumError: the bytes differ from the manifest's sha256 or size.
@@ -415,6 +417,8 @@ class ShardStream(IterableDataset):
             )
             source = _Verifier(f) if verify else f
             for sample in iter_samples(source, uri, alloc=reading.pool.take):
+                if sample["__key__"] in ref.excluded:  # read all the same: the sha256 covers it
+                    continue
                 try:
                     yield decode_sample(sample, self.manifest.channels, self.config.preset)[0]
                 except ShardFormatError as exc:

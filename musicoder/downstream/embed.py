@@ -2,7 +2,8 @@
 
 Inputs: an audio folder or `s3://` prefix (listed through `storage.list_objects`), one audio
 file, or a shard set (its folder or `manifest.json`: each sample's stored `feat.npy` is
-embedded, no audio is decoded; read through `musicoder.shardset`, so the format version, preset,
+embedded, no audio is decoded) or a view over shard sets (its folder or `view.json`: the
+samples it keeps; read through `musicoder.shardset`, so the format version, preset,
 shape and finite values are checked as the training loader checks them). Outputs under `cfg.output`: `embeddings.npy` (float32 `(N, D)`:
 D = 2H for the default `meanstd` pooling, H for `mean`; row i = line i of the index),
 `index.csv` (`row,path,key,segment,frames`) and, when
@@ -31,8 +32,8 @@ from musicoder.downstream.sources import AUDIO_EXTENSIONS, Skip, csv_text
 from musicoder.downstream.tasks import warn_skips
 from musicoder.model.pooling import pool_track
 from musicoder.pretrained import load_encoder, resolve_device
-from musicoder.shardset.format import MANIFEST_NAME, ShardFormatError
-from musicoder.shardset.manifest import Manifest, read_manifest
+from musicoder.shardset.format import MANIFEST_NAME, VIEW_NAME, ShardFormatError
+from musicoder.shardset.manifest import Manifest, ShardRef, manifest_path, read_manifest
 from musicoder.shardset.reader import iter_samples
 from musicoder.shardset.sample import decode_sample
 
@@ -111,9 +112,10 @@ def embed_inputs(cfg: EmbedConfig) -> dict:
 
 
 def _manifest_uri(path: str) -> str | None:
-    if path.endswith(MANIFEST_NAME):
+    """A shard set's manifest or a view behind `path`, else None (audio input)."""
+    if path.endswith((MANIFEST_NAME, VIEW_NAME)):
         return path
-    candidate = storage.join(path, MANIFEST_NAME)
+    candidate = manifest_path(path)
     return candidate if storage.exists(candidate) else None
 
 
@@ -157,16 +159,22 @@ def _shard_items(manifest_uri: str, preset: str, rejects: list[Skip]) -> tuple[i
         )
     shards = [*manifest.train, *manifest.val]
     total = sum(s.samples for s in shards)
-    items = (item for shard in shards for item in _read_shard(shard.uri, manifest, preset, rejects))
+    items = (item for shard in shards for item in _read_shard(shard, manifest, preset, rejects))
     return total, items
 
 
-def _read_shard(uri: str, manifest: Manifest, preset: str, rejects: list[Skip]) -> Iterator[Item]:
-    """Every sample of one shard through the shard format's reader and checks (format version,
-    preset, shape, finite values); a bad sample or an unreadable shard becomes a reject."""
+def _read_shard(
+    shard: ShardRef, manifest: Manifest, preset: str, rejects: list[Skip]
+) -> Iterator[Item]:
+    """Every sample of one shard (less a view's excluded keys) through the shard format's reader
+    and checks (format version, preset, shape, finite values); a bad sample or an unreadable
+    shard becomes a reject."""
+    uri = shard.uri
     try:
         with storage.open_read(uri) as stream:
             for sample in iter_samples(stream, uri):
+                if sample["__key__"] in shard.excluded:
+                    continue
                 try:
                     features, meta = decode_sample(sample, manifest.channels, preset)
                 except ShardFormatError as err:

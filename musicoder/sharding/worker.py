@@ -4,6 +4,7 @@ A plain function (:class:`ShardTask` in, :class:`ShardSummary` out), so it runs 
 without Ray; only the driver wraps it in ``ray.remote`` (STYLE 11). For each source file:
 
     iter_segments -> batches of equal-length segments -> extract_features -> float16 .npy
+                                                      -> sample_facts (hash, fingerprint, quality)
 
 Members of one file are spooled (in memory up to ``SPOOL_MEMORY_BYTES``, then on local disk) and
 copied into the tar only once the file decoded cleanly: ``iter_segments`` may reject a file after
@@ -28,6 +29,7 @@ import torch
 
 from musicoder import features, storage
 from musicoder.audio import AudioError, Segment, iter_segments
+from musicoder.sharding.facts import sample_facts
 from musicoder.shardset.format import (
     AUDIO_SUFFIX,
     FEATURE_SUFFIX,
@@ -38,7 +40,7 @@ from musicoder.shardset.format import (
     sample_key,
     source_sha1,
 )
-from musicoder.shardset.index import ShardSummary
+from musicoder.shardset.index import INDEX_FACT_FIELDS, ShardSummary
 from musicoder.shardset.writer import ShardTarWriter
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ def process_shard(task: ShardTask) -> ShardSummary:
     total, total_sq = np.zeros(channels, np.float64), np.zeros(channels, np.float64)
     keys: list[str] = []
     sample_frames: list[int] = []
+    facts: list[dict] = []  # per sample, for the index: what curation reads without the tars
     rejects: list[dict] = []
     counts = {"accepted": 0, "truncated": 0, "seconds": 0.0}
     with tempfile.TemporaryDirectory(prefix="musicoder-shard-") as tmp:
@@ -130,6 +133,7 @@ def process_shard(task: ShardTask) -> ShardSummary:
                         _write_sample(writer, spool, sample, truncated)
                         keys.append(sample["key"])
                         sample_frames.append(sample["meta"]["frames"])
+                        facts.append(_index_facts(sample["meta"]))
                         counts["seconds"] += sample["meta"]["seconds"]
                     total += result.sum
                     total_sq += result.sumsq
@@ -154,7 +158,8 @@ def process_shard(task: ShardTask) -> ShardSummary:
         rejects=rejects,
     )
     storage.write_json(
-        storage.join(task.output, task.name + INDEX_SUFFIX), summary.to_index(keys, sample_frames)
+        storage.join(task.output, task.name + INDEX_SUFFIX),
+        summary.to_index(keys, sample_frames, facts),
     )
     summary.task_seconds = time.perf_counter() - started
     summary.s3_retries = sum(storage.retry_counts().values()) - retries
@@ -215,6 +220,7 @@ def _featurize(
                 "sample_rate": rate,
                 "frames": int(feat.shape[0]),
                 "preset": task.preset,
+                **sample_facts(segment.samples.numpy(), rate),
             },
         }
         if task.keep_audio:
@@ -224,6 +230,11 @@ def _featurize(
             )
             sample["flac"] = result.put(flac.getvalue())
         result.samples.append(sample)
+
+
+def _index_facts(meta: dict) -> dict:
+    """What the shard index keeps of a sample's JSON: its source and facts (DESIGN §13)."""
+    return {name: meta[name] for name in INDEX_FACT_FIELDS}
 
 
 def _write_sample(

@@ -1,4 +1,4 @@
-"""Shard format v1 (DESIGN §5): every name, version and key that writers and readers share.
+"""Shard format v2 (DESIGN §5, §13): every name, version and key that writers and readers share.
 
 A shard set is a folder or `s3://` prefix holding `plan.json` (written first), `shard-NNNNNN.tar`
 and `val-NNNNNN.tar` with one index JSON beside each, `rejects.jsonl` and `manifest.json`
@@ -6,6 +6,10 @@ and `val-NNNNNN.tar` with one index JSON beside each, `rejects.jsonl` and `manif
 `<key>.feat.npy` (float16 `(frames, C)`), `<key>.json` (source, segment, preset, ...) and
 optionally `<key>.flac`, in that order. Keys have no dots (webdataset cuts keys at the first dot)
 and are the same on every run.
+
+Version 2 adds per-sample facts (PCM hash, fingerprint, quality statistics) to each sample's
+JSON and the shard index, and nothing else: readers accept v1 and v2 alike (curation needs v2).
+A view (`format: musicoder-view`, `view.json`) selects samples of one or more shard sets.
 """
 
 from __future__ import annotations
@@ -13,8 +17,13 @@ from __future__ import annotations
 import hashlib
 
 SHARD_FORMAT = "musicoder-shards"
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+FACTS_FORMAT_VERSION = 2  # the first version with per-sample facts
 MANIFEST_NAME = "manifest.json"
+VIEW_FORMAT = "musicoder-view"
+VIEW_FORMAT_VERSION = 1
+VIEW_NAME = "view.json"
 REJECTS_NAME = "rejects.jsonl"
 TAR_SUFFIX = ".tar"
 INDEX_SUFFIX = ".json"
@@ -30,7 +39,7 @@ KEY_HASH_CHARS = 16
 
 
 class ShardFormatError(ValueError):
-    """A shard set, shard or sample does not follow shard format v1."""
+    """A shard set, view, shard or sample does not follow the shard format."""
 
 
 def shard_name(split: str, number: int) -> str:

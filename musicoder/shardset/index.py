@@ -1,13 +1,27 @@
 """A shard's index JSON (DESIGN §5) and its summary: what one finished shard holds.
 
-Each shard task returns a :class:`ShardSummary` and writes the same facts (plus its sample keys
-and frame counts) as the index JSON beside its tar, after the tar; a resumed job reads the
-summaries of finished shards back from their indexes.
+Each shard task returns a :class:`ShardSummary` and writes the same facts (plus its sample keys,
+frame counts and, from format v2, each sample's source and facts: PCM hash, fingerprint, quality
+statistics) as the index JSON beside its tar, after the tar; a resumed job reads the summaries
+of finished shards back from their indexes. Curation reads the per-sample facts from the
+indexes alone, never the tars.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# Per sample in an index's "sample_facts" (format v2), aligned with "keys".
+INDEX_FACT_FIELDS = (
+    "source",
+    "segment",
+    "seconds",
+    "pcm_sha256",
+    "fingerprint",
+    "loudness_dbfs",
+    "silent_fraction",
+    "clipped_fraction",
+)
 
 
 @dataclass(kw_only=True)
@@ -31,8 +45,9 @@ class ShardSummary:
     task_seconds: float = 0.0  # wall time of the task; not part of the index (not deterministic)
     s3_retries: int = 0  # S3 requests retried and bodies re-opened by the task; not in the index
 
-    def to_index(self, keys: list[str], sample_frames: list[int]) -> dict:
-        """The shard's index JSON (INTERFACES.md, "Shard format v1")."""
+    def to_index(self, keys: list[str], sample_frames: list[int], sample_facts: list[dict]) -> dict:
+        """The shard's index JSON (docs/shard-format.md); `sample_facts` holds one dict of
+        :data:`INDEX_FACT_FIELDS` per key."""
         return {
             "name": self.name,
             "split": self.split,
@@ -43,6 +58,7 @@ class ShardSummary:
             "sha256": self.sha256,
             "keys": keys,
             "sample_frames": sample_frames,
+            "sample_facts": sample_facts,
             "sum": self.sum,
             "sumsq": self.sumsq,
             "count": self.count,

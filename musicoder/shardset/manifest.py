@@ -1,6 +1,12 @@
 """The manifest of a shard set (DESIGN §5): reading it (`read_manifest`, for the loader and
 `downstream/embed.py`) and writing it (`ManifestBuilder`, for the sharding driver).
 
+`read_manifest` reads a view (DESIGN §13, `format: musicoder-view`) as well: it reads the shard
+sets the view references, checks that each still has the sha256 the view recorded and that all
+share one feature preset, and returns one :class:`Manifest` whose shards carry the view's
+excluded keys (their sample counts net of them), so the loader plans equal batches per rank
+over exactly the samples the view keeps.
+
 :class:`ManifestBuilder` merges shard summaries strictly in plan order, whatever order they
 arrive in, so the float64 sums and therefore ``manifest.json`` are identical between a clean run
 and an interrupted-and-resumed one. Only shards with at least one sample are listed, and the
@@ -10,9 +16,11 @@ Readers get typed fields (:class:`Manifest`, :class:`NormStats`), never the raw 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,9 +28,13 @@ import musicoder
 from musicoder import storage
 from musicoder.shardset.format import (
     MANIFEST_NAME,
+    READABLE_FORMAT_VERSIONS,
     SHARD_FORMAT,
     SHARD_FORMAT_VERSION,
     SPLITS,
+    VIEW_FORMAT,
+    VIEW_FORMAT_VERSION,
+    VIEW_NAME,
     ShardFormatError,
 )
 from musicoder.shardset.index import ShardSummary
@@ -30,12 +42,14 @@ from musicoder.shardset.index import ShardSummary
 
 @dataclass(frozen=True)
 class ShardRef:
-    """One shard listed in the manifest."""
+    """One shard listed in the manifest (or view): `samples` counts the samples it delivers,
+    net of `excluded` (keys a view leaves out; readers skip them)."""
 
     uri: str
     samples: int
     sha256: str | None = None  # of the whole tar, as written; None in sets that do not list it
     bytes: int | None = None
+    excluded: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -63,32 +77,62 @@ class Manifest:
     val: list[ShardRef]
     stats: NormStats
     counts: dict  # inputs, accepted, rejected, truncated, segments, frames, hours
+    format_version: int = SHARD_FORMAT_VERSION
+    sha256: str = ""  # of the manifest (or view) file's bytes
+    sources: list[Manifest] = field(default_factory=list)  # a view's shard sets, in view order
+
+
+def manifest_path(uri: str) -> str:
+    """The JSON file behind `uri`: itself if it ends in `.json`, else `manifest.json` in that
+    folder or prefix, else `view.json` there (a view's output folder)."""
+    base = uri.rstrip("/")
+    if base.endswith(".json"):
+        return base
+    path = storage.join(base, MANIFEST_NAME)
+    view = storage.join(base, VIEW_NAME)
+    return view if not storage.exists(path) and storage.exists(view) else path
 
 
 def read_manifest(uri: str) -> Manifest:
-    """Read and validate a shard set's manifest.
+    """Read and validate a shard set's manifest, or a view over shard sets.
 
     Args:
-        uri: `manifest.json` or the folder / prefix that holds it.
+        uri: `manifest.json`, `view.json`, or the folder / prefix that holds one of them.
 
     Returns:
-        The parsed manifest with shard URIs resolved against its folder.
+        The parsed manifest with shard URIs resolved against its folder (for a view: the
+        sources' shards in view order, with its exclusions).
 
     Raises:
         FileNotFoundError: no manifest (the shard set is missing or incomplete).
-        ShardFormatError: wrong format or version, or missing fields.
+        ShardFormatError: wrong format or version, missing fields; for a view also a source
+            whose manifest changed since the view was made, or sources of different presets.
     """
-    base = uri.rstrip("/")
-    if base.endswith(".json"):
-        path, base = base, storage.parent(base)
-    else:
-        path = storage.join(base, MANIFEST_NAME)
+    path = manifest_path(uri)
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no manifest; the shard set is missing or not complete")
-    raw = storage.read_json(path)
-    if raw.get("format") != SHARD_FORMAT or raw.get("format_version") != SHARD_FORMAT_VERSION:
+    data = storage.read_bytes(path)
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise ShardFormatError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ShardFormatError(f"{path}: not a manifest (a JSON {type(raw).__name__})")
+    if raw.get("format") == VIEW_FORMAT:
+        return _read_view(path, raw, hashlib.sha256(data).hexdigest())
+    manifest = _parse_manifest(path, raw)
+    manifest.sha256 = hashlib.sha256(data).hexdigest()
+    return manifest
+
+
+def _parse_manifest(path: str, raw: dict) -> Manifest:
+    base = storage.parent(path)
+    if raw.get("format") != SHARD_FORMAT or raw.get("format_version") not in (
+        READABLE_FORMAT_VERSIONS
+    ):
         raise ShardFormatError(
-            f"{path}: not a {SHARD_FORMAT} v{SHARD_FORMAT_VERSION} manifest "
+            f"{path}: not a {SHARD_FORMAT} manifest of version "
+            f"{'/'.join(map(str, READABLE_FORMAT_VERSIONS))} "
             f"(format={raw.get('format')!r}, version={raw.get('format_version')!r})"
         )
     try:
@@ -124,7 +168,82 @@ def read_manifest(uri: str) -> Manifest:
         val=refs["val"],
         stats=stats,
         counts=dict(raw.get("counts") or {}),
+        format_version=int(raw["format_version"]),
     )
+
+
+def _read_view(path: str, raw: dict, sha256: str) -> Manifest:
+    """Resolve a view: its sources' manifests, shard lists net of the excluded keys, and
+    normalization stats pooled over the sources in float64 (frames times weight)."""
+    if raw.get("format_version") != VIEW_FORMAT_VERSION:
+        raise ShardFormatError(
+            f"{path}: unsupported {VIEW_FORMAT} version {raw.get('format_version')!r}, "
+            f"expected {VIEW_FORMAT_VERSION}"
+        )
+    entries = raw.get("sources")
+    if not isinstance(entries, list) or not entries:
+        raise ShardFormatError(f"{path}: a view needs a non-empty 'sources' list")
+    sources, weights, refs = [], [], {split: [] for split in SPLITS}
+    for n, entry in enumerate(entries):
+        try:
+            uri = storage.resolve(storage.parent(path), str(entry["uri"]))
+            expected, weight = str(entry["sha256"]), float(entry.get("weight", 1.0))
+            excluded = {str(k): set(v) for k, v in dict(entry.get("excluded") or {}).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ShardFormatError(f"{path}: malformed source {n} ({exc!r})") from None
+        source = read_manifest(uri)
+        if source.sources:
+            raise ShardFormatError(f"{path}: source {uri} is a view; views reference shard sets")
+        if source.sha256 != expected:
+            raise ShardFormatError(
+                f"{path}: source {source.uri} changed since the view was made "
+                f"(sha256 {source.sha256[:12]}, view expects {expected[:12]}); re-run curate"
+            )
+        first = sources[0] if sources else source
+        if (source.preset, source.channels) != (first.preset, first.channels):
+            raise ShardFormatError(
+                f"{path}: source {source.uri} uses preset {source.preset!r} "
+                f"({source.channels} channels), {first.uri} uses {first.preset!r}"
+            )
+        if not weight > 0:
+            raise ShardFormatError(f"{path}: source {source.uri} has weight {weight}, need > 0")
+        for split in SPLITS:
+            for ref in getattr(source, split):
+                drop = frozenset(excluded.get(storage.basename(ref.uri), ()))
+                if ref.samples > len(drop):
+                    refs[split].append(
+                        dataclasses.replace(ref, samples=ref.samples - len(drop), excluded=drop)
+                    )
+        sources.append(source)
+        weights.append(weight)
+    kept = sum(r.samples for split in SPLITS for r in refs[split])
+    total = sum(s.samples for m in sources for split in SPLITS for s in getattr(m, split))
+    return Manifest(
+        uri=path,
+        preset=sources[0].preset,
+        feature=sources[0].feature,
+        channels=sources[0].channels,
+        train=refs["train"],
+        val=refs["val"],
+        stats=merge_stats([m.stats for m in sources], weights),
+        counts={"sources": len(sources), "segments": kept, "excluded": total - kept},
+        format_version=VIEW_FORMAT_VERSION,
+        sha256=sha256,
+        sources=sources,
+    )
+
+
+def merge_stats(stats: list[NormStats], weights: list[float]) -> NormStats:
+    """Pool per-channel mean and std in float64, each source weighted by frames x weight (with
+    equal weights: the exact statistics of the union)."""
+    w = np.array([s.count * wt for s, wt in zip(stats, weights, strict=True)], dtype=np.float64)
+    if not w.sum():
+        w = np.ones(len(stats))
+    w = w / w.sum()
+    mean = sum(wi * s.mean for wi, s in zip(w, stats, strict=True))
+    second = sum(wi * (s.std**2 + s.mean**2) for wi, s in zip(w, stats, strict=True))
+    std = np.sqrt(np.maximum(second - mean * mean, 0.0))
+    return NormStats(mean=mean, std=std, count=sum(s.count for s in stats))
 
 
 def check_preset(manifest: Manifest, preset: str, input_dim: int) -> None:

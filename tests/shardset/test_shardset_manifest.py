@@ -100,7 +100,7 @@ def test_counts_add_up_and_empty_shards_are_not_listed():
 
 def test_index_round_trip_and_rejects_jsonl():
     s = _summaries(0, n=2)[0][0]
-    index = s.to_index(["k_00000", "k_00001"], [10, 12])
+    index = s.to_index(["k_00000", "k_00001"], [10, 12], [{"source": "a"}, {"source": "b"}])
     assert set(index) >= {
         "name",
         "split",

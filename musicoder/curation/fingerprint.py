@@ -1,0 +1,108 @@
+"""Chromaprint fingerprints of samples: decoding, MinHash signatures and aligned comparison.
+
+The shard worker stores each sample's Chromaprint fingerprint (`musicoder.sharding.facts`): one
+32-bit value per ~124 ms frame. Two copies of the same audio give nearly the same values at
+matching frames, whatever the codec, rate or gain; a trimmed or padded copy is the same
+sequence shifted by a whole number of frames plus a fraction, which flips a few low bits.
+
+- **Candidates**: a sample's *informative* values (frames whose value differs from the one
+  before: silence and held tones repeat one value and would match everything silent) are
+  masked to their top 20 bits (:data:`VALUE_MASK`, which survives most fractional shifts;
+  measured: set Jaccard ~0.2 for a copy trimmed by 5 s, ~0 for another track with the same
+  instruments and tempo) and summarized by `bands` MinHash values, each with the frame it came
+  from. Two samples sharing a MinHash value become a candidate pair, and the two frames give
+  the offset to check.
+- **Verification**: the bit error rate of the full 32-bit values, aligned at that offset
+  (+-2 frames), over the informative frames of the overlap.
+"""
+
+from __future__ import annotations
+
+import chromaprint
+import numpy as np
+
+FRAME_SECONDS = 4096 / 3 / 11025  # Chromaprint's default algorithm: 11,025 Hz, hop 1365.3
+VALUE_MASK = np.uint32(0xFFFFF000)
+MIN_INFORMATIVE = 8  # frames; fewer (silence, a held tone) cannot be matched
+OFFSET_SLACK = 2  # frames either side of a candidate's offset
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier (Fibonacci hashing)
+
+
+class FingerprintError(ValueError):
+    """A stored fingerprint cannot be decoded."""
+
+
+def decode(fingerprint: str) -> np.ndarray:
+    """A stored (base64, compressed) Chromaprint fingerprint as `uint32 [frames]`.
+
+    Raises:
+        FingerprintError: not a Chromaprint fingerprint.
+    """
+    try:
+        raw, _algorithm = chromaprint.decode_fingerprint(fingerprint.encode("ascii"))
+    except (chromaprint.FingerprintError, UnicodeError, TypeError) as exc:
+        raise FingerprintError(f"undecodable fingerprint ({exc})") from None
+    return np.asarray(raw, dtype=np.int64).astype(np.uint32)
+
+
+def informative(values: np.ndarray) -> np.ndarray:
+    """`bool [frames]`: frames whose value differs from the previous frame's (the first frame
+    counts when it differs from the second)."""
+    keep = np.ones(len(values), dtype=bool)
+    if len(values) > 1:
+        keep[1:] = values[1:] != values[:-1]
+        keep[0] = values[0] != values[1]
+    return keep
+
+
+def band_seeds(bands: int) -> np.ndarray:
+    """The MinHash functions' seeds, `uint64 [bands]`, fixed so signatures compare across runs."""
+    return np.random.default_rng(0x5EED).integers(1, 2**63, size=bands, dtype=np.uint64)
+
+
+def minhash(values: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """MinHash signature of a sample's informative masked values.
+
+    Args:
+        values: `uint32 [frames]` fingerprint.
+        seeds: from :func:`band_seeds`.
+
+    Returns:
+        `(hashes uint64 [bands], frames int32 [bands])`: per band the minimum hash and the frame
+        it came from; None with fewer than :data:`MIN_INFORMATIVE` informative frames.
+    """
+    frames = np.flatnonzero(informative(values))
+    if len(frames) < MIN_INFORMATIVE:
+        return None
+    masked = (values[frames] & VALUE_MASK).astype(np.uint64)
+    hashed = (masked[None, :] ^ seeds[:, None]) * _MIX  # (bands, informative frames), wraps
+    hashed ^= hashed >> np.uint64(29)
+    best = hashed.argmin(axis=1)
+    return hashed[np.arange(len(seeds)), best], frames[best].astype(np.int32)
+
+
+def bit_error(a: np.ndarray, b: np.ndarray, offset: int) -> tuple[float, int]:
+    """Bit error rate of `a[i]` against `b[i - offset]` over the overlap's frames that are
+    informative in both; returns `(rate, frames compared)` (`(1.0, 0)` without overlap)."""
+    start, stop = max(0, offset), min(len(a), len(b) + offset)
+    if stop <= start:
+        return 1.0, 0
+    x, y = a[start:stop], b[start - offset : stop - offset]
+    keep = informative(a)[start:stop] & informative(b)[start - offset : stop - offset]
+    n = int(keep.sum())
+    if not n:
+        return 1.0, 0
+    return float(np.bitwise_count(x[keep] ^ y[keep]).sum()) / (32.0 * n), n
+
+
+def best_alignment(
+    a: np.ndarray, b: np.ndarray, offset: int, min_frames: int
+) -> tuple[float, int, int]:
+    """The lowest bit error rate within :data:`OFFSET_SLACK` frames of `offset` among alignments
+    comparing at least `min_frames` frames: `(rate, frames, offset)` (rate 1.0 if none)."""
+    best = (1.0, 0, offset)
+    for d in range(offset - OFFSET_SLACK, offset + OFFSET_SLACK + 1):
+        rate, n = bit_error(a, b, d)
+        if n >= min_frames and rate < best[0]:
+            best = (rate, n, d)
+    return best
