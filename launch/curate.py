@@ -26,8 +26,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicoder.cli import EXPECTED_ERRORS, add_config_arguments, config_from_args, fail, make_parser
-from musicoder.curation import CurateConfig
+from musicoder.cli import (
+    EXPECTED_ERRORS,
+    add_config_arguments,
+    add_config_flags,
+    config_from_args,
+    fail,
+    flag_values,
+    make_parser,
+)
+from musicoder.curation import CurateConfig, run
 
 # Explicit flags, each an alias for one config key (its argparse dest); None = not given.
 CONFIG_FLAGS = {
@@ -44,14 +52,11 @@ CONFIG_FLAGS = {
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
     add_config_arguments(parser)
-    for flag, spec in CONFIG_FLAGS.items():
-        parser.add_argument(flag, **spec)
+    add_config_flags(parser, CONFIG_FLAGS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    flags = {spec["dest"]: getattr(args, spec["dest"]) for spec in CONFIG_FLAGS.values()}
-    from musicoder.curation import run
-
+    flags = flag_values(args, CONFIG_FLAGS)
     try:
         cfg = config_from_args(CurateConfig, args, flags)
         result = run(cfg, progress=not args.no_progress)

@@ -58,6 +58,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_config_flags(parser: argparse.ArgumentParser, flags: Mapping[str, dict]) -> None:
+    """Add a script's explicit flags (`--flag` -> argparse spec whose `dest` is a config key)."""
+    for flag, spec in flags.items():
+        parser.add_argument(flag, **spec)
+
+
+def flag_values(args: argparse.Namespace, flags: Mapping[str, dict]) -> dict[str, Any]:
+    """Config key -> value of each flag of :func:`add_config_flags` (None = not given)."""
+    return {spec["dest"]: getattr(args, spec["dest"]) for spec in flags.values()}
+
+
 def config_from_args(
     schema: type[T], args: argparse.Namespace, flags: Mapping[str, Any] | None = None
 ) -> T:

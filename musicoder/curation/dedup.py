@@ -18,19 +18,14 @@ and groups are the connected components (union-find).
 from __future__ import annotations
 
 import os
+from array import array
 from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
 
 from musicoder.curation.config import MatchConfig
-from musicoder.curation.fingerprint import (
-    FRAME_SECONDS,
-    band_seeds,
-    best_alignment,
-    decode,
-    minhash,
-)
+from musicoder.curation.fingerprint import FRAME_SECONDS, band_seeds, best_alignment, minhash
 
 RECORD = np.dtype([("key", "<u8"), ("sample", "<u4"), ("frame", "<i4")])
 FLUSH_RECORDS = 1 << 18  # records buffered in memory before they go to the partition files
@@ -45,24 +40,21 @@ class Deduper:
         self.seeds = band_seeds(config.bands)
         self.min_frames = max(1, round(config.min_overlap_seconds / FRAME_SECONDS))
         self._values = open(os.path.join(work_dir, "fingerprints.u32"), "wb")  # noqa: SIM115
-        self._offsets = [0]
-        self._sources: list[int] = []
-        self.usable: list[bool] = []  # per sample: has enough informative frames to match
+        # Compact per-sample columns (8 + 8 + 1 bytes a sample), not lists of Python ints.
+        self._offsets = array("q", [0])
+        self._sources = array("q")
+        self.usable = bytearray()  # per sample: 1 if it has enough informative frames to match
         self._buffer = np.empty(FLUSH_RECORDS, RECORD)
         self._buffered = 0
         self.unmatchable = 0  # samples without enough informative frames
         self.candidates = 0  # distinct candidate pairs verified
         self.verified = 0  # of those, matches
 
-    def add(self, fingerprint: str, source: int) -> bool:
-        """Register the next sample (ids count from 0); returns False if it cannot be matched.
-
-        Raises:
-            FingerprintError: an undecodable fingerprint.
-        """
+    def add(self, values: np.ndarray, source: int) -> bool:
+        """Register the next sample (ids count from 0) by its decoded fingerprint `uint32
+        [frames]` (`fingerprint.decode`); returns False if it cannot be matched."""
         sample = len(self._sources)
-        values = decode(fingerprint)
-        self._values.write(values.tobytes())
+        self._values.write(np.ascontiguousarray(values, dtype=np.uint32).tobytes())
         self._offsets.append(self._offsets[-1] + len(values))
         self._sources.append(source)
         signature = minhash(values, self.seeds)
@@ -96,8 +88,8 @@ class Deduper:
         once. Call after the last `add`."""
         self._flush()
         self._values.close()
-        offsets = np.asarray(self._offsets, dtype=np.int64)
-        sources = np.asarray(self._sources, dtype=np.int64)
+        offsets = np.frombuffer(self._offsets, dtype=np.int64)
+        sources = np.frombuffer(self._sources, dtype=np.int64)
         path = self._values.name
         values = np.memmap(path, np.uint32, "r") if offsets[-1] else np.zeros(0, np.uint32)
         checked: set[tuple[int, int]] = set()

@@ -5,13 +5,15 @@ The shard worker stores each sample's Chromaprint fingerprint (`musicoder.shardi
 matching frames, whatever the codec, rate or gain; a trimmed or padded copy is the same
 sequence shifted by a whole number of frames plus a fraction, which flips a few low bits.
 
-- **Candidates**: a sample's *informative* values (frames whose value differs from the one
-  before: silence and held tones repeat one value and would match everything silent) are
-  masked to their top 20 bits (:data:`VALUE_MASK`, which survives most fractional shifts;
-  measured: set Jaccard ~0.2 for a copy trimmed by 5 s, ~0 for another track with the same
-  instruments and tempo) and summarized by `bands` MinHash values, each with the frame it came
-  from. Two samples sharing a MinHash value become a candidate pair, and the two frames give
-  the offset to check.
+- **Candidates**: a sample's *informative* frames (whose value differs from the one before:
+  silence and held tones repeat one value and would match everything silent) give tokens, each
+  the top 16 bits (:data:`VALUE_MASK`, which survive most fractional shifts) of one frame and of
+  the frame :data:`TOKEN_GAP` later: 32-bit, shift-invariant, and rare enough that unrelated
+  samples almost never share one (measured set Jaccard against the original: 0.85 for a
+  128 kbit/s MP3, 0.15 for a copy trimmed by 5 s, 0.13 padded by 7 s, 0.002 for another track
+  with the same instruments, tempo and chords). `bands` MinHash values over the tokens, each
+  with the frame it came from, summarize a sample; two samples sharing one become a candidate
+  pair, and the two frames give the offset to check.
 - **Verification**: the bit error rate of the full 32-bit values, aligned at that offset
   (+-2 frames), over the informative frames of the overlap.
 """
@@ -22,8 +24,9 @@ import chromaprint
 import numpy as np
 
 FRAME_SECONDS = 4096 / 3 / 11025  # Chromaprint's default algorithm: 11,025 Hz, hop 1365.3
-VALUE_MASK = np.uint32(0xFFFFF000)
-MIN_INFORMATIVE = 8  # frames; fewer (silence, a held tone) cannot be matched
+VALUE_MASK = np.uint32(0xFFFF0000)
+TOKEN_GAP = 3  # frames between the two values of a token (~0.37 s)
+MIN_INFORMATIVE = 8  # tokens; fewer (silence, a held tone) cannot be matched
 OFFSET_SLACK = 2  # frames either side of a candidate's offset
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier (Fibonacci hashing)
 
@@ -61,7 +64,7 @@ def band_seeds(bands: int) -> np.ndarray:
 
 
 def minhash(values: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """MinHash signature of a sample's informative masked values.
+    """MinHash signature of a sample's tokens (pairs of masked informative values).
 
     Args:
         values: `uint32 [frames]` fingerprint.
@@ -69,13 +72,15 @@ def minhash(values: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
     Returns:
         `(hashes uint64 [bands], frames int32 [bands])`: per band the minimum hash and the frame
-        it came from; None with fewer than :data:`MIN_INFORMATIVE` informative frames.
+        its token started at; None with fewer than :data:`MIN_INFORMATIVE` tokens.
     """
-    frames = np.flatnonzero(informative(values))
+    keep = informative(values)
+    frames = np.flatnonzero(keep[:-TOKEN_GAP] & keep[TOKEN_GAP:])
     if len(frames) < MIN_INFORMATIVE:
         return None
-    masked = (values[frames] & VALUE_MASK).astype(np.uint64)
-    hashed = (masked[None, :] ^ seeds[:, None]) * _MIX  # (bands, informative frames), wraps
+    masked = (values & VALUE_MASK).astype(np.uint64)
+    tokens = masked[frames] | (masked[frames + TOKEN_GAP] >> np.uint64(16))  # 32 bits
+    hashed = (tokens[None, :] ^ seeds[:, None]) * _MIX  # (bands, tokens), wraps
     hashed ^= hashed >> np.uint64(29)
     best = hashed.argmin(axis=1)
     return hashed[np.arange(len(seeds)), best], frames[best].astype(np.int32)

@@ -27,6 +27,7 @@ import musicoder
 from musicoder import storage
 from musicoder.curation.config import CurateConfig
 from musicoder.curation.dedup import Deduper, group_sources
+from musicoder.curation.fingerprint import decode
 from musicoder.shardset.format import (
     FACTS_FORMAT_VERSION,
     INDEX_SUFFIX,
@@ -109,7 +110,9 @@ def run(cfg: CurateConfig, *, progress: bool = True) -> CurateResult:
             matches = deduper.matches()
             if progress:
                 matches = tqdm(matches, desc="matches", unit="pair")
-            matchable = _per_source(samples, np.asarray(deduper.usable), len(source_uris))
+            matchable = _per_source(
+                samples, np.frombuffer(deduper.usable, dtype=np.uint8), len(source_uris)
+            )
             found = group_sources(
                 matches, np.asarray(samples.source), matchable, cfg.match.min_coverage
             )
@@ -163,9 +166,9 @@ def _read_index(
             samples.loudness.append(float(fact["loudness_dbfs"]))
             samples.pcm.append(str(fact["pcm_sha256"]))
             if deduper is not None:
-                deduper.add(str(fact["fingerprint"]), source)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ShardFormatError(f"{index_uri}: malformed shard index ({exc!r})") from None
+                deduper.add(decode(str(fact["fingerprint"])), source)
+    except (KeyError, TypeError, ValueError) as exc:  # FingerprintError is a ValueError
+        raise ShardFormatError(f"{index_uri}: malformed shard index ({exc})") from None
 
 
 def _per_source(samples: _Samples, values: np.ndarray, count: int) -> np.ndarray:

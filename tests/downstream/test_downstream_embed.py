@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 from fixtures_downstream import write_clip
-from fixtures_training import write_shard_set
+from fixtures_training import write_shard_set, write_view
 
 import musicoder
 from musicoder import storage
@@ -92,6 +92,28 @@ def test_shard_set_embeds_every_sample(tmp_path, tiny_export):
     feat = np.load(io.BytesIO(data), allow_pickle=False)
     expected = encoder.embed_features(torch.from_numpy(feat))
     np.testing.assert_allclose(vectors[0], expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_view_embeds_the_samples_it_keeps(tmp_path, tiny_export):
+    shards = write_shard_set(tmp_path / "shards", [3, 2], [2], frames=(30, 60), seed=4)
+    keys = {
+        name: json.loads((shards / f"{name}.json").read_text())["keys"]
+        for name in ("shard-000000", "shard-000001", "val-000000")
+    }
+    dropped = {"shard-000000.tar": keys["shard-000000"][1:2], "val-000000.tar": keys["val-000000"]}
+    write_view(tmp_path / "clean" / "view.json", [(shards, dropped)])
+    summary = embed_inputs(
+        EmbedConfig(
+            encoder=str(tiny_export),
+            input=str(tmp_path / "clean"),  # the view's folder, as curate writes it
+            output=str(tmp_path / "out"),
+            device="cpu",
+        )
+    )
+    assert (summary["kind"], summary["embedded"], summary["rejected"]) == ("shards", 4, 0)
+    _, index, _ = read_outputs(str(tmp_path / "out"))
+    kept = [k for name in keys for k in keys[name] if k not in sum(dropped.values(), [])]
+    assert [r["key"] for r in index] == kept
 
 
 def test_shard_set_with_another_preset_is_refused(tmp_path, tiny_export):
