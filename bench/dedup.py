@@ -61,6 +61,16 @@ def _chunks(samples: int, copies: float, seed: int):
         base += n
 
 
+def _rss_mb() -> dict[str, int]:
+    """Resident memory by kind (Linux /proc; empty elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            rows = dict(line.split(":", 1) for line in f if line.startswith("Rss"))
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) // 1024 for k, v in rows.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
@@ -86,6 +96,7 @@ def main() -> None:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         found = set(deduper.matches())
         match_cpu, match_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        rss = _rss_mb()
     hits = len(found & planted)
     result = {
         "bench": "dedup",
@@ -100,6 +111,7 @@ def main() -> None:
         "decode_cpu_s": round(decode_cpu, 1),
         "dedup_over_decode": round((add_cpu + match_cpu) / decode_cpu, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_end_mb": rss,  # anonymous vs file-backed (the memmapped fingerprints, evictable)
         "disk_mb": round(disk / 1e6),
     }
     print(json.dumps(result))
