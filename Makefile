@@ -14,7 +14,10 @@ export RAY_USAGE_STATS_ENABLED := 0
 install: $(STAMP)
 
 # Re-install only when the dependency list changes; the stamp keeps a second call fast.
+# libchromaprint: the system library behind pyacoustid (per-sample fingerprints in the sharder).
 $(STAMP): pyproject.toml
+	ldconfig -p | grep -q 'libchromaprint\.so\.1' || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends libchromaprint1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
 	touch $(STAMP)
