@@ -2,14 +2,17 @@ r"""The real-audio science yardstick (DESIGN §12): does pre-training pay off on
 
     make bench-science                       # kit (once), then the shipped recipe, 3 x 3 seeds
     python bench/science.py --recipe configs/pretrain/small-cpu.yaml --pretrain-seeds 3
-    python bench/science.py --pretrain-seeds 1 --probe-seeds 1 --heads linear --no-write \
-        --set train.max_steps=300 --name quick     # a quick look while choosing a recipe
+    python bench/science.py --pretrain-seeds 1 --probe-seeds 1 --folds 2 --heads linear \
+        --no-write --set train.max_steps=300 --name quick   # a quick look while choosing
 
 Runs the shipped path only, each stage as its own process: `launch/shard.py` on the kit's
 unlabeled corpus, then per pre-training seed `launch/pretrain.py` (DeepSpeed, one process) and
-`launch/export.py`, then per task, probe head and probe seed `launch/finetune.py --baselines`
-(pre-trained, random init and handcrafted through the same head; per-layer scores with the
-linear head). Every stage is skipped when its output exists, so a re-run resumes.
+`launch/export.py`, then per task, fold rotation, probe head and probe seed
+`launch/finetune.py --baselines` (pre-trained, random init and handcrafted through the same
+head; per-layer scores with the linear head). Each task is cross-validated: rotation k tests
+fold k and stops early on fold k+1, and a seed pair's score is the mean over its rotations, so
+every track (piece) is tested once; spreads are over seed pairs. Every stage is skipped when
+its output exists, so a re-run resumes.
 
 Results go to WORK/results.json (every run's metrics, means and spreads, pre-training loss
 against trivial predictors, wall times), a table on stdout, and (without --no-write) the
@@ -73,13 +76,15 @@ def _run(cmd: list[str], log_path: pathlib.Path, *, threads: int | None = None) 
     return time.perf_counter() - start
 
 
-def _tasks(kit: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Task name -> task YAML of each labelled part of the kit."""
+def _tasks(kit: pathlib.Path, folds: int | None) -> dict[str, list[pathlib.Path]]:
+    """Task name -> the task YAMLs of each labelled part of the kit: its fold rotations
+    (`fold<k>.yaml`, the first `folds` of them, all when None), else its one `task.yaml`."""
     tasks = {}
     for folder in sorted(kit.glob("task_*")):
-        yamls = sorted(folder.glob("*.yaml"))
+        rotations = sorted(folder.glob("fold*.yaml"), key=lambda p: int(p.stem[4:]))
+        yamls = rotations[:folds] if rotations else sorted(folder.glob("task.yaml"))
         if yamls:
-            tasks[folder.name.removeprefix("task_")] = yamls[0]
+            tasks[folder.name.removeprefix("task_")] = yamls
     if not tasks:
         raise SystemExit(f"error: {kit}: no task_*/*.yaml in the kit")
     return tasks
@@ -133,7 +138,8 @@ def pretrain(args, work: pathlib.Path, shards: pathlib.Path, seed: int) -> dict:
 
 def probe(args, work, export, task, task_yaml, head, seed) -> dict:
     """One `launch/finetune.py --baselines` run (skipped when its metrics exist)."""
-    out = work / "probes" / f"{export.name}-{task}-{head}-seed{seed}"
+    rotation = f"-{task_yaml.stem}" if task_yaml.stem.startswith("fold") else ""
+    out = work / "probes" / f"{export.name}-{task}{rotation}-{head}-seed{seed}"
     if not (out / "metrics.json").exists():
         _run(
             [
@@ -195,29 +201,69 @@ def _model_results(metrics: dict) -> dict:
     return models
 
 
+def _mean_tree(trees: list):
+    """Element-wise mean of equally shaped JSON trees (dicts, lists, numbers); `chosen_layer`
+    keeps every tree's value as a list, other non-numbers the first tree's."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {
+            k: [t[k] for t in trees] if k == "chosen_layer" else _mean_tree([t[k] for t in trees])
+            for k in first
+        }
+    if isinstance(first, list):
+        return [_mean_tree(list(items)) for items in zip(*trees, strict=True)]
+    if isinstance(first, bool) or not isinstance(first, int | float):
+        return first
+    return float(np.mean(trees))
+
+
+def merge_folds(runs: list[dict]) -> list[dict]:
+    """One run per task, head and seed pair: its models' metrics averaged over the fold
+    rotations (cross-validation: every group tested once), each fold's `@layer` row chosen on
+    that fold's valid split before averaging."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        key = (r["task"], r["head"], r["pretrain_seed"], r["probe_seed"])
+        groups.setdefault(key, []).append(r)
+    return [
+        {
+            "task": task,
+            "head": head,
+            "pretrain_seed": pretrain_seed,
+            "probe_seed": probe_seed,
+            "folds": len(members),
+            "kind": members[0]["metrics"]["kind"],
+            "models": _mean_tree([_model_results(r["metrics"]) for r in members]),
+        }
+        for (task, head, pretrain_seed, probe_seed), members in groups.items()
+    ]
+
+
 def summarize(runs: list[dict]) -> dict:
-    """Means and spreads per task, head, model and split; per-layer scores; verdicts."""
+    """Means and spreads per task, head, model and split; per-layer scores; verdicts.
+
+    `runs` are fold-merged (`merge_folds`): the spread is over seed pairs, not folds."""
     out: dict = {}
     for r in runs:
-        m = r["metrics"]
-        entry = out.setdefault(r["task"], {"kind": m["kind"], "heads": {}})
+        entry = out.setdefault(r["task"], {"kind": r["kind"], "heads": {}})
         per_head = entry["heads"].setdefault(r["head"], {"runs": 0, "models": {}})
         per_head["runs"] += 1
-        for model, res in _model_results(m).items():
+        per_head["folds"] = r["folds"]
+        for model, res in r["models"].items():
             slot = per_head["models"].setdefault(model, {})
             for split in ("valid", "test"):
-                for key in KEYS[m["kind"]]:
+                for key in KEYS[r["kind"]]:
                     slot.setdefault(split, {}).setdefault(key, []).append(res[split][key])
             for k, layer in enumerate(res.get("per_layer") or []):
                 for split in ("valid", "test"):
-                    for key in KEYS[m["kind"]]:
+                    for key in KEYS[r["kind"]]:
                         slot.setdefault("per_layer", {}).setdefault(split, {}).setdefault(
                             key, {}
                         ).setdefault(k, []).append(layer[split][key])
             for k, rank in enumerate(res.get("effective_rank") or []):
                 slot.setdefault("effective_rank", {}).setdefault(k, []).append(rank)
             if "chosen_layer" in res:
-                slot.setdefault("chosen_layers", []).append(res["chosen_layer"])
+                slot.setdefault("chosen_layers", []).extend(res["chosen_layer"])
     for entry in out.values():
         for per_head in entry["heads"].values():
             for slot in per_head["models"].values():
@@ -271,12 +317,14 @@ def markdown(results: dict) -> str:
     """The BENCHMARKS.md section: tables of means ± std over all seeds."""
     cfg, pre = results["config"], results["pretrain"]
     walls = [p["wall_seconds"] / 60 for p in pre]
+    folds = {h["folds"] for e in results["summary"].values() for h in e["heads"].values()}
     lines = [
         f"Recipe `{cfg['recipe']}` {' '.join(cfg['set'])}; {len(pre)} pre-training seeds x "
-        f"{cfg['probe_seeds']} probe seeds; pre-training wall time {min(walls):.1f}-"
-        f"{max(walls):.1f} min per seed (one process, this machine: {cfg['machine']}); "
-        f"measured {results['date']}. Test split, mean ± std over all "
-        f"{len(pre) * cfg['probe_seeds']} runs per cell.",
+        f"{cfg['probe_seeds']} probe seeds x {'/'.join(map(str, sorted(folds)))} fold "
+        f"rotations; pre-training wall time {min(walls):.1f}-{max(walls):.1f} min per seed "
+        f"(one process, this machine: {cfg['machine']}); measured {results['date']}. Test "
+        "folds, each seed pair's metrics averaged over its rotations (every track or piece is "
+        f"tested once), then mean ± std over the {len(pre) * cfg['probe_seeds']} seed pairs.",
         "",
     ]
     for task, entry in results["summary"].items():
@@ -311,9 +359,7 @@ def markdown(results: dict) -> str:
                     f"{' ✔' if v['wins'] else ' ✘'}"
                     for k, v in per_head["verdict_layer"].items()
                 ]
-                chosen = {
-                    m: per_head["models"][f"{m}@layer"]["chosen_layers"] for m in ENCODERS
-                }
+                chosen = {m: per_head["models"][f"{m}@layer"]["chosen_layers"] for m in ENCODERS}
                 lines += [
                     f"Margins at the layer chosen on valid ({SELECT_BY}; layers chosen: "
                     + ", ".join(f"{m} {v}" for m, v in chosen.items())
@@ -364,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="configs/pretrain/small-cpu.yaml")
     parser.add_argument("--set", action="append", default=[], help="pretrain override k=v")
     parser.add_argument("--pretrain-seeds", type=int, default=3)
-    parser.add_argument("--probe-seeds", type=int, default=3)
+    parser.add_argument("--probe-seeds", type=int, default=3, help="per fold rotation")
+    parser.add_argument(
+        "--folds", type=int, help="fold rotations per task (default: all the kit has, 5)"
+    )
     parser.add_argument("--heads", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
     parser.add_argument("--cache", type=pathlib.Path, default=default_cache())
     parser.add_argument("--name", help="results folder name (default: recipe + overrides)")
@@ -394,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     pre = [pretrain(args, work, shards, seed) for seed in range(args.pretrain_seeds)]
     jobs = [
         (task, task_yaml, seed, head, probe_seed)
-        for task, task_yaml in _tasks(kit).items()
+        for task, rotations in _tasks(kit, args.folds).items()
+        for task_yaml in rotations
         for seed in range(args.pretrain_seeds)
         for head in args.heads
         for probe_seed in range(args.probe_seeds)
@@ -422,10 +472,11 @@ def main(argv: list[str] | None = None) -> int:
             "recipe": args.recipe,
             "set": args.set,
             "probe_seeds": args.probe_seeds,
+            "folds": args.folds,
             "machine": f"{os.cpu_count()} cores",
         },
         "pretrain": pre,
-        "summary": summarize(runs),
+        "summary": summarize(merge_folds(runs)),
         "runs": runs,
     }
     (work / "results.json").write_text(json.dumps(results, indent=1))

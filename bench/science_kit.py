@@ -12,11 +12,16 @@ The cache defaults to ~/.cache/musicoder/realdata, or $MUSICODER_REALDATA. It ho
     task_soundtrack/task.yaml       for launch/finetune.py --task (kind genre)
     task_instruments/labels.csv     multi-label: GM instrument families heard in a rendered score
     task_instruments/task.yaml      for launch/finetune.py --task (kind tagging)
+    task_*/fold<k>.csv, fold<k>.yaml  the same task with fold k as test and fold k+1 as valid
     README.md, kit.json             contents, package versions, licences; kit.json is written last
 
 Everything is fixed: package lists, seeds and sorted file lists, so scores compare over time.
-A second run finds kit.json with this KIT_VERSION and does nothing; each part is built in a
-`<part>.partial` folder and renamed when complete, so an interrupted run resumes by part.
+Each task's groups (tracks, pieces) are dealt into FOLDS stratified folds; `labels.csv` is
+rotation 0 (fold 0 test, fold 1 valid, the rest train) and `fold<k>.csv` rotation k, so a
+cross-validated score tests every group once. A second run finds kit.json with this KIT_VERSION
+and does nothing; each part is built in a `<part>.partial` folder and renamed when complete, so
+an interrupted run resumes by part, and a part whose PART_VERSIONS entry changed is rebuilt
+alone (the unlabeled corpus, and the shards and encoders made from it, survive a task change).
 Audio never enters the repository.
 """
 
@@ -53,12 +58,15 @@ from tqdm import tqdm
 
 log = logging.getLogger("science_kit")
 
-KIT_VERSION = 1
+KIT_VERSION = 2
+# Version 2: task A over 11 packages (was 4) and 5-fold rotations for both tasks.
+PART_VERSIONS = {"pretrain": 1, "task_soundtrack": 2, "task_instruments": 2}
 CACHE_ENV = "MUSICODER_REALDATA"
 DEFAULT_CACHE = "~/.cache/musicoder/realdata"
 SAMPLE_RATE = 22050
 SEED = 12  # every random choice of the kit derives from this
 SPLITS = ("train", "valid", "test")
+FOLDS = 5  # groups per task dealt into this many folds; rotation k tests fold k, validates k+1
 SOURCE_EXTENSIONS = (".ogg", ".opus")
 
 # Unlabeled corpus: package -> fragment of the dpkg -L path that marks its music folder.
@@ -75,14 +83,21 @@ SOUNDTRACK_SOURCES = {
     "hedgewars-data": "/Data/Music/",
     "planetblupi-music-ogg": "/planetblupi/music/",
     "supertux-data": "/supertux2/music/",
+    # Added in kit version 2, so that a class has 10-40 tracks and a test fold is not 2 tracks.
+    "extremetuxracer-data": "/etr/music/",
+    "fillets-ng-data": "/fillets-ng/music/",
+    "flare-game": "/flare/mods/fantasycore/music/",
+    "marsshooter-data": "/marsshooter/audio/music/",
+    "supertuxkart-data": "/supertuxkart/data/music/",
+    "warmux-data": "/warmux/music/",
+    "widelands-data": "/widelands/data/music/",
 }
 SOUNDTRACK_CLIP_SECONDS = 20.0
 SOUNDTRACK_MAX_CLIPS = 4  # per track, evenly spaced, so 25-minute tracks do not dominate
 SOUNDTRACK_MIN_SECONDS = 30.0  # shorter files are jingles and stingers (supertux: 5-24 s)
-SOUNDTRACK_FRACTIONS = (0.5, 0.2, 0.3)  # train, valid, test, over whole tracks
-SOUNDTRACK_MIN_TEST = 3
-# Variants of one tune (cave/cave_old, airship_2/airship_remix) share a split.
-VARIANT_SUFFIX = re.compile(r"(_old|_remix|_enhanced|_sd|_\d+)$")
+# Variants of one tune (cave/cave_old, airship_2/airship_remix, farm/farm_f, celtic/celtic_fast)
+# share a fold. One digit only: two-digit numbers are distinct tunes (widelands ingame_00-28).
+VARIANT_SUFFIX = re.compile(r"(_old|_remix|_enhanced|_sd|_fast|_f|_\d)$")
 
 # Task B: music21 corpus folder, file type, pieces taken (seeded, from the sorted list).
 SCORE_SOURCES = (
@@ -96,7 +111,6 @@ SCORE_CLIP_SECONDS = 15.0
 BPM_RANGE = (66.0, 132.0)  # quarter notes per minute, drawn per clip
 VELOCITY_RANGE = (70, 110)  # drawn per part
 MIN_TAG_SECONDS = 1.0  # a family is tagged only when it sounds this long inside the clip
-SCORE_FRACTIONS = (0.6, 0.2, 0.2)  # over pieces
 MAX_PARTS = 15  # one MIDI channel per part, drums' channel 10 left out
 # family -> (GM program, 0-based; the mean pitch of a part is moved by octaves into [lo, hi])
 FAMILIES = {
@@ -129,6 +143,14 @@ LICENCES = {
     "hedgewars-data": "GPL-2 (DEP-5 'Files: *'; Data/Music has no stanza of its own)",
     "planetblupi-music-ogg": "GPL-3+ (DEP-5 'Files: *')",
     "supertux-data": "GPL-2+ (DEP-5 'Files: data/music/*', Marek Moeckel)",
+    "extremetuxracer-data": "GPL-2+ (DEP-5 stanza covering music/*)",
+    "fillets-ng-data": "GPL-2 (free-form copyright file; its licence covers the game data)",
+    "flare-game": "CC-BY-SA-3.0+ (DEP-5 stanza covering the fantasycore music)",
+    "marsshooter-data": "CC-BY-SA-3.0 (DEP-5 'Files: data/audio/music/*')",
+    "supertuxkart-data": "CC-BY-SA-3.0 / CC-BY-SA-4.0 / GPL-3+ per track (DEP-5 stanzas per "
+    "file; kit.json lists each)",
+    "warmux-data": "GPL-2+ (free-form copyright file; its licence covers the game data)",
+    "widelands-data": "GPL-2+, three tracks CC-BY-SA-3.0 (DEP-5 stanzas per file)",
     SOUNDFONT_PACKAGE: "MIT (Fluid R3 Mono, MuseScore_General adaptation); some samples PD / CC0",
     SYNTH_PACKAGE: "LGPL-2.1+ (the renderer; its output carries no licence of its own)",
     "music21": "music21 BSD-3-Clause; corpus encodings distributed with the encoders' "
@@ -163,38 +185,39 @@ class ClipPlan:
 # ---------------------------------------------------------------- pure helpers (unit-tested)
 
 
-def split_groups(
-    strata: dict[str, str], fractions: Sequence[float], *, seed: int, min_test: int = 0
-) -> dict[str, str]:
-    """Seeded stratified train/valid/test assignment of whole groups (tracks, pieces).
+def fold_groups(strata: dict[str, str], folds: int, *, seed: int) -> dict[str, int]:
+    """Seeded stratified assignment of whole groups (tracks, pieces) to `folds` folds.
 
     Within each stratum (sorted), the sorted groups are shuffled by one generator seeded with
-    `seed`; the first `max(min_test, round(n * test))` go to test and the next
-    `round(n * valid)` to valid, always leaving at least one for train.
+    `seed` and dealt round-robin, continuing where the previous stratum stopped, so every
+    stratum is spread evenly and the folds' sizes differ by at most one group.
 
     Args:
         strata: Group id -> stratum (class, composer).
-        fractions: Train, valid and test shares.
+        folds: Number of folds (>= 3: a rotation needs a test, a valid and a train fold).
         seed: Seed of the shuffle.
-        min_test: Least test groups per stratum (when the stratum has more than that).
 
     Returns:
-        Group id -> split; depends only on the mapping, not its order.
+        Group id -> fold index; depends only on the mapping, not its order.
     """
+    if folds < 3:
+        raise ValueError(f"fold_groups: need at least 3 folds, got {folds}")
     rng = np.random.default_rng(seed)
     by_stratum: dict[str, list[str]] = defaultdict(list)
     for group, stratum in strata.items():
         by_stratum[stratum].append(group)
-    out = {}
+    out, dealt = {}, 0
     for stratum in sorted(by_stratum):
         members = sorted(by_stratum[stratum])
-        order = [members[i] for i in rng.permutation(len(members))]
-        n = len(order)
-        n_test = min(max(min_test, round(n * fractions[2])), n - 1)
-        n_valid = max(0, min(round(n * fractions[1]), n - 1 - n_test))
-        for i, group in enumerate(order):
-            out[group] = "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
+        for i in rng.permutation(len(members)):
+            out[members[i]] = dealt % folds
+            dealt += 1
     return out
+
+
+def rotation_split(fold: int, rotation: int, folds: int) -> str:
+    """The split of a group in `fold` under `rotation`: test its own fold, valid the next one."""
+    return "test" if fold == rotation else "valid" if fold == (rotation + 1) % folds else "train"
 
 
 def sounding_seconds(intervals: Iterable[tuple[float, float]], start: float, end: float) -> float:
@@ -264,7 +287,9 @@ def dep5_licences(copyright_text: str, installed_path: str) -> list[str]:
     for stanza in re.split(r"\n\s*\n", copyright_text):
         fields = re.findall(r"^(Files|License):[ \t]*(.*(?:\n[ \t]+\S.*)*)", stanza, re.M)
         files = next((v.split() for k, v in fields if k == "Files"), None)
-        licence = next((v.splitlines()[0].strip() for k, v in fields if k == "License"), "")
+        licence = next(
+            ((v.splitlines() or [""])[0].strip() for k, v in fields if k == "License"), ""
+        )
         if files and licence and any(_covers(p, installed_path) for p in files):
             found = [licence]
     return found
@@ -448,29 +473,50 @@ def build_soundtrack(out: Path, workers: int, exclude_hashes: set[str]) -> dict:
                 "soundtrack: left out %s (%.1f s < %.0f s)", s.path, sec, SOUNDTRACK_MIN_SECONDS
             )
     tunes = {f"{s.package}/{tune_of(s.relative)}": s.package for s, _, _ in kept}
-    split = split_groups(tunes, SOUNDTRACK_FRACTIONS, seed=SEED, min_test=SOUNDTRACK_MIN_TEST)
+    fold = fold_groups(tunes, FOLDS, seed=SEED)
     rows = []
     for s, _, clips in kept:
-        track = f"{s.package}/{s.relative}"
-        rows += [(c, split[f"{s.package}/{tune_of(s.relative)}"], s.package, track) for c in clips]
-    _write_csv(out / "labels.csv", ("path", "split", "label", "track"), rows)
-    tracks = Counter((split[f"{s.package}/{tune_of(s.relative)}"], s.package) for s, _, _ in kept)
-    clips = Counter((r[1], r[2]) for r in rows)
+        track, k = f"{s.package}/{s.relative}", fold[f"{s.package}/{tune_of(s.relative)}"]
+        rows += [(c, rotation_split(k, 0, FOLDS), s.package, track, k) for c in clips]
+    _check_folds("soundtrack", [(r[4], (r[2],)) for r in rows], SOUNDTRACK_SOURCES)
+    _write_csv(out / "labels.csv", ("path", "split", "label", "track", "fold"), rows)
+    tracks = Counter((fold[f"{s.package}/{tune_of(s.relative)}"], s.package) for s, _, _ in kept)
+    clips = Counter((r[4], r[2]) for r in rows)
     return {
         "tracks": len(kept),
         "clips": len(rows),
         "hours": round(len(rows) * SOUNDTRACK_CLIP_SECONDS / 3600, 3),
         "source_hours": round(sum(sec for _, sec, _ in kept) / 3600, 3),
         "left_out_short": len(sources) - len(kept),
-        "per_class": _per_split(tracks, clips, SOUNDTRACK_SOURCES),
+        "tracks_per_fold": {
+            label: [tracks[k, label] for k in range(FOLDS)] for label in sorted(SOUNDTRACK_SOURCES)
+        },
+        "clips_per_fold": [
+            sum(clips[k, label] for label in SOUNDTRACK_SOURCES) for k in range(FOLDS)
+        ],
     }
 
 
-def _per_split(tracks: Counter, clips: Counter, labels: Iterable[str]) -> dict:
-    return {
-        label: {s: {"tracks": tracks[s, label], "clips": clips[s, label]} for s in SPLITS}
-        for label in sorted(labels)
-    }
+def _check_folds(task: str, rows: Iterable[tuple[int, Sequence[str]]], labels: Iterable[str]):
+    """Every label must occur in every fold, so each rotation has it in train, valid and test."""
+    seen = {(k, label) for k, row_labels in rows for label in row_labels}
+    missing = [(k, label) for k in range(FOLDS) for label in labels if (k, label) not in seen]
+    if missing:
+        raise RuntimeError(f"{task} task: (fold, label) pairs without a clip: {missing}")
+
+
+def write_rotations(folder: Path, name: str, kind: str) -> list[Path]:
+    """Writes `fold<k>.csv` (labels.csv with rotation k's splits) and `fold<k>.yaml` per fold."""
+    with (folder / "labels.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    yamls = []
+    for rotation in range(FOLDS):
+        for row in rows:
+            row["split"] = rotation_split(int(row["fold"]), rotation, FOLDS)
+        _write_csv(folder / f"fold{rotation}.csv", header, ([r[h] for h in header] for r in rows))
+        yamls.append(_write_task_yaml(folder, name, kind, rotation))
+    return yamls
 
 
 # ---------------------------------------------------------------- part 3: instrument task
@@ -690,9 +736,9 @@ def find_soundfont() -> str:
 def build_instruments(out: Path, workers: int) -> dict:
     """Task B: score clips in random GM orchestrations, tagged by what sounds, split by piece."""
     pieces = select_pieces(workers)
-    split = split_groups({p: p.split("/")[0] for p in pieces}, SCORE_FRACTIONS, seed=SEED)
+    fold = fold_groups({p: p.split("/")[0] for p in pieces}, FOLDS, seed=SEED)
     plans = [
-        plan_clip(p, parts, i, split[p], SEED)
+        plan_clip(p, parts, i, rotation_split(fold[p], 0, FOLDS), SEED)
         for p, parts in sorted(pieces.items())
         for i in range(CLIPS_PER_PIECE)
     ]
@@ -700,17 +746,18 @@ def build_instruments(out: Path, workers: int) -> dict:
     (out / "clips").mkdir(parents=True, exist_ok=True)
     batches = [plans[i : i + RENDER_BATCH] for i in range(0, len(plans), RENDER_BATCH)]
     _pool_map(render_batch, batches, [str(out)] * len(batches), workers, desc="render batches")
-    rows = [(f"clips/{p.clip_id}.flac", p.split, ";".join(p.tags), p.piece, p.bpm) for p in plans]
-    counts = Counter((p.split, t) for p in plans for t in p.tags)
-    missing = [(s, t) for s in SPLITS for t in FAMILIES if not counts[s, t]]
-    if missing:
-        raise RuntimeError(f"instrument task: tags missing from splits: {missing}")
-    _write_csv(out / "labels.csv", ("path", "split", "tags", "piece", "bpm"), rows)
+    rows = [
+        (f"clips/{p.clip_id}.flac", p.split, ";".join(p.tags), p.piece, p.bpm, fold[p.piece])
+        for p in plans
+    ]
+    _check_folds("instrument", [(fold[p.piece], p.tags) for p in plans], FAMILIES)
+    _write_csv(out / "labels.csv", ("path", "split", "tags", "piece", "bpm", "fold"), rows)
+    counts = Counter((fold[p.piece], t) for p in plans for t in p.tags)
     return {
-        "pieces": {s: sum(v == s for v in split.values()) for s in SPLITS},
-        "clips": {s: sum(p.split == s for p in plans) for s in SPLITS},
+        "pieces_per_fold": [sum(v == k for v in fold.values()) for k in range(FOLDS)],
+        "clips_per_fold": [sum(fold[p.piece] == k for p in plans) for k in range(FOLDS)],
         "hours": round(len(plans) * SCORE_CLIP_SECONDS / 3600, 3),
-        "tags": {t: {s: counts[s, t] for s in SPLITS} for t in sorted(FAMILIES)},
+        "tags_per_fold": {t: [counts[k, t] for k in range(FOLDS)] for t in sorted(FAMILIES)},
         "piece_list": sorted(pieces),
     }
 
@@ -734,31 +781,49 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
         writer.writerows(rows)
 
 
-def _write_task_yaml(folder: Path, name: str, kind: str) -> Path:
-    path = folder / "task.yaml"
+def _write_task_yaml(folder: Path, name: str, kind: str, rotation: int | None = None) -> Path:
+    """`task.yaml` over labels.csv, or `fold<k>.yaml` over fold<k>.csv for a rotation."""
+    stem = "task" if rotation is None else f"fold{rotation}"
+    labels = folder / ("labels.csv" if rotation is None else f"fold{rotation}.csv")
+    what = (
+        "" if rotation is None else f"; fold {rotation} test, fold {(rotation + 1) % FOLDS} valid"
+    )
+    path = folder / f"{stem}.yaml"
     path.write_text(
-        f"# Real-audio yardstick task, written by bench/science_kit.py (kit version {KIT_VERSION}):\n"
+        f"# Real-audio yardstick task, written by bench/science_kit.py (kit version {KIT_VERSION}"
+        f"{what}):\n"
         f"#   python launch/finetune.py --encoder DIR --task {path} --baselines --output runs/{name}\n"
         f"name: {name}\n"
         f"kind: {kind}\n"
         "source: csv\n"
-        f"path: {folder / 'labels.csv'}   # absolute: task paths resolve against the working dir\n"
+        f"path: {labels}   # absolute: task paths resolve against the working dir\n"
     )
     return path
 
 
 def _build_part(folder: Path, build: Callable[[Path], dict]) -> dict:
-    """Builds one part in `<folder>.partial` and renames it; a finished part is reused."""
-    summary = folder / "summary.json"
+    """Builds one part in `<folder>.partial` and renames it; a finished part of the current
+    PART_VERSIONS entry is reused, an older one replaced once the new one is complete."""
+    summary, version = folder / "summary.json", PART_VERSIONS[folder.name]
     if summary.exists():
-        log.info("%s: already built", folder.name)
-        return json.loads(summary.read_text())
+        built = json.loads(summary.read_text())
+        if built.get("part_version", 1) == version:
+            log.info("%s: already built", folder.name)
+            return built
+        log.info(
+            "%s: version %s, rebuilding as %d", folder.name, built.get("part_version", 1), version
+        )
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     started = time.monotonic()
-    result = {**build(partial), "build_seconds": round(time.monotonic() - started, 1)}
+    result = {
+        **build(partial),
+        "part_version": version,
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
     (partial / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     log.info("%s: built in %.0f s", folder.name, result["build_seconds"])
     return result
@@ -792,9 +857,13 @@ def _readme(kit: dict) -> str:
         "",
         f"- `pretrain/`: {pre['files']} files, {pre['hours']} h of game soundtracks as shipped.",
         f"- `task_soundtrack/`: {a['clips']} clips of {SOUNDTRACK_CLIP_SECONDS:.0f} s from "
-        f"{a['tracks']} tracks; label = Debian package; split over whole tracks.",
-        f"- `task_instruments/`: {sum(b['clips'].values())} clips of {SCORE_CLIP_SECONDS:.0f} s "
-        "rendered from music21 scores; tags = GM families sounding >= 1 s; split over pieces.",
+        f"{a['tracks']} tracks of {len(SOUNDTRACK_SOURCES)} packages; label = Debian package; "
+        "folds over whole tunes.",
+        f"- `task_instruments/`: {sum(b['clips_per_fold'])} clips of {SCORE_CLIP_SECONDS:.0f} s "
+        "rendered from music21 scores; tags = GM families sounding >= 1 s; folds over pieces.",
+        f"- Each task's groups are dealt into {FOLDS} stratified folds (`fold` column); "
+        "`labels.csv` / `task.yaml` test fold 0 and validate on fold 1, `fold<k>.csv` / "
+        "`fold<k>.yaml` test fold k and validate on fold k+1.",
         "",
         "## Use",
         "",
@@ -858,13 +927,15 @@ def build_kit(cache: Path, *, workers: int = 2, force: bool = False) -> dict[str
                 shutil.rmtree(folder, ignore_errors=True)
     if paths["kit_json"].exists():
         version = json.loads(paths["kit_json"].read_text()).get("version")
-        if version != KIT_VERSION:
+        if version == KIT_VERSION:
+            log.info("kit complete at %s (version %d); nothing to do", cache, KIT_VERSION)
+            return paths
+        if not isinstance(version, int) or version > KIT_VERSION:
             raise ValueError(
                 f"{paths['kit_json']}: kit version {version}, this builder makes "
                 f"{KIT_VERSION}; rerun with --force to rebuild"
             )
-        log.info("kit complete at %s (version %d); nothing to do", cache, KIT_VERSION)
-        return paths
+        log.info("kit version %d at %s: updating the parts that changed", version, cache)
     if importlib.util.find_spec("music21") is None:
         raise RuntimeError("music21 is not installed: pip install -e '.[science]'")
     started = time.monotonic()
@@ -885,8 +956,12 @@ def build_kit(cache: Path, *, workers: int = 2, force: bool = False) -> dict[str
     instruments = _build_part(
         cache / "task_instruments", lambda out: build_instruments(out, workers)
     )
-    _write_task_yaml(cache / "task_soundtrack", "soundtrack", "genre")
-    _write_task_yaml(cache / "task_instruments", "instruments", "tagging")
+    for folder, name, kind in (
+        (cache / "task_soundtrack", "soundtrack", "genre"),
+        (cache / "task_instruments", "instruments", "tagging"),
+    ):
+        _write_task_yaml(folder, name, kind)
+        write_rotations(folder, name, kind)
     import music21
 
     sources = {p: list_sources(p, f) for p, f in {**PRETRAIN_SOURCES, **SOUNDTRACK_SOURCES}.items()}

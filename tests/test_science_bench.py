@@ -50,7 +50,7 @@ def _run(pre_layers: list[tuple[float, float]], seed: int) -> dict:
 
 def test_summary_scores_each_encoder_at_the_layer_its_valid_split_chose():
     runs = [_run([(0.9, 0.2), (0.7, 0.4)], 0), _run([(0.6, 0.3), (0.8, 0.1)], 1)]
-    head = science.summarize(runs)["a"]["heads"]["linear"]
+    head = science.summarize(science.merge_folds(runs))["a"]["heads"]["linear"]
     chosen = head["models"]["pretrained@layer"]
     assert chosen["chosen_layers"] == [1, 0]  # lowest valid log-loss, never the test's
     assert chosen["test"]["log_loss"]["mean"] == pytest.approx(0.35)  # (0.4 + 0.3) / 2
@@ -60,3 +60,24 @@ def test_summary_scores_each_encoder_at_the_layer_its_valid_split_chose():
     assert margin["margin"] == pytest.approx(1.0 - 0.35) and margin["wins"]
     assert "handcrafted@layer" not in head["models"]
     assert head["verdict"]["log_loss_vs_handcrafted"]["margin"] == pytest.approx(0.9 - 1.0)
+
+
+def test_folds_are_averaged_per_seed_pair_before_the_spread():
+    # Seed 0 has two fold rotations whose layer choices differ; seed 1 has one.
+    runs = [
+        _run([(0.9, 0.2), (0.7, 0.4)], 0),
+        _run([(0.6, 0.3), (0.8, 0.1)], 0),
+        _run([(0.6, 0.5), (0.8, 0.1)], 1),
+    ]
+    merged = science.merge_folds(runs)
+    assert sorted((r["pretrain_seed"], r["folds"]) for r in merged) == [(0, 2), (1, 1)]
+    seed0 = next(r for r in merged if r["pretrain_seed"] == 0)["models"]
+    assert seed0["pretrained@layer"]["chosen_layer"] == [1, 0]  # each fold's own valid choice
+    assert seed0["pretrained@layer"]["test"]["log_loss"] == pytest.approx(0.35)  # (0.4 + 0.3) / 2
+    assert seed0["pretrained"]["per_layer"][1]["test"]["log_loss"] == pytest.approx(0.25)
+    head = science.summarize(merged)["a"]["heads"]["linear"]
+    assert head["runs"] == 2
+    chosen = head["models"]["pretrained@layer"]
+    assert chosen["chosen_layers"] == [1, 0, 0]
+    assert chosen["test"]["log_loss"]["mean"] == pytest.approx((0.35 + 0.5) / 2)
+    assert chosen["test"]["log_loss"]["std"] == pytest.approx(0.075)  # over seeds, not folds

@@ -1,4 +1,4 @@
-"""Pure helpers of bench/science_kit.py: splits over whole groups, tags by sounding time, clip
+"""Pure helpers of bench/science_kit.py: folds over whole groups, tags by sounding time, clip
 placement, zip-member and register guards. No apt, no music21, no audio from the kit."""
 
 import importlib.util
@@ -20,29 +20,54 @@ def _strata(sizes: dict[str, int]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_split_groups_is_stratified_with_min_test(seed):
-    strata = _strata({"a": 10, "b": 16, "c": 26, "d": 46})
-    split = sk.split_groups(strata, (0.5, 0.2, 0.3), seed=seed, min_test=3)
-    assert set(split) == set(strata)
-    per = Counter((strata[g], s) for g, s in split.items())
-    for c, n in {"a": 10, "b": 16, "c": 26, "d": 46}.items():
-        assert per[c, "test"] == max(3, round(n * 0.3))
-        assert per[c, "valid"] == round(n * 0.2)
-        assert per[c, "train"] == n - per[c, "test"] - per[c, "valid"] >= 1
+def test_fold_groups_spreads_every_stratum_evenly(seed):
+    sizes = {"a": 10, "b": 16, "c": 26, "d": 46, "e": 7}
+    strata = _strata(sizes)
+    fold = sk.fold_groups(strata, 5, seed=seed)
+    assert set(fold) == set(strata) and set(fold.values()) == set(range(5))
+    per = Counter((strata[g], k) for g, k in fold.items())
+    for c, n in sizes.items():  # each class in every fold, the folds within one group
+        counts = [per[c, k] for k in range(5)]
+        assert sum(counts) == n and max(counts) - min(counts) <= 1 and min(counts) >= 1
+    totals = Counter(fold.values()).values()
+    assert max(totals) - min(totals) <= 1
 
 
-def test_split_groups_small_strata_keep_a_train_group():
-    split = sk.split_groups(_strata({"x": 3, "y": 1}), (0.5, 0.2, 0.3), seed=0, min_test=3)
-    assert Counter(split[f"x/track{i:02d}"] for i in range(3)) == {"test": 2, "train": 1}
-    assert split["y/track00"] == "train"
-
-
-def test_split_groups_is_seeded_and_order_free():
+def test_fold_groups_is_seeded_and_order_free():
     strata = _strata({"a": 12, "b": 9})
     shuffled = dict(reversed(list(strata.items())))
-    one = sk.split_groups(strata, (0.6, 0.2, 0.2), seed=3)
-    assert one == sk.split_groups(shuffled, (0.6, 0.2, 0.2), seed=3)
-    assert any(one != sk.split_groups(strata, (0.6, 0.2, 0.2), seed=s) for s in range(4, 9))
+    one = sk.fold_groups(strata, 4, seed=3)
+    assert one == sk.fold_groups(shuffled, 4, seed=3)
+    assert any(one != sk.fold_groups(strata, 4, seed=s) for s in range(4, 9))
+    with pytest.raises(ValueError, match="at least 3 folds"):
+        sk.fold_groups(strata, 2, seed=0)
+
+
+def test_rotations_test_every_fold_once_and_never_validate_on_it():
+    folds = 5
+    for fold in range(folds):
+        splits = [sk.rotation_split(fold, r, folds) for r in range(folds)]
+        assert Counter(splits) == {"test": 1, "valid": 1, "train": folds - 2}
+    for rotation in range(folds):
+        splits = [sk.rotation_split(k, rotation, folds) for k in range(folds)]
+        assert splits.index("test") == rotation
+        assert splits.index("valid") == (rotation + 1) % folds
+
+
+def test_write_rotations_rewrites_only_the_split_column(tmp_path, monkeypatch):
+    rows = [(f"clips/t{i}.flac", "x", "lab", f"t{i}", i % 3) for i in range(6)]
+    sk._write_csv(tmp_path / "labels.csv", ("path", "split", "label", "track", "fold"), rows)
+    monkeypatch.setattr(sk, "FOLDS", 3)
+    yamls = sk.write_rotations(tmp_path, "demo", "genre")
+    assert [y.name for y in yamls] == ["fold0.yaml", "fold1.yaml", "fold2.yaml"]
+    lines = (tmp_path / "fold2.csv").read_text().splitlines()
+    assert lines[0] == "path,split,label,track,fold"
+    assert lines[1:4] == [
+        "clips/t0.flac,valid,lab,t0,0",
+        "clips/t1.flac,train,lab,t1,1",
+        "clips/t2.flac,test,lab,t2,2",
+    ]
+    assert f"path: {tmp_path / 'fold2.csv'}" in yamls[2].read_text()
 
 
 def test_sounding_seconds_merges_overlaps_and_clips_to_window():
@@ -101,6 +126,8 @@ def test_tune_of_groups_variants():
     assert sk.tune_of("antarctic/airship_2.ogg") == sk.tune_of("x/airship_remix.ogg")
     assert sk.tune_of("Olympics.ogg") == sk.tune_of("olympics_sd.ogg")
     assert sk.tune_of("forest/forest2.ogg") != sk.tune_of("forest/forest.ogg")
+    assert sk.tune_of("farm_f.ogg") == sk.tune_of("farm.ogg") == sk.tune_of("farm_fast.ogg")
+    assert sk.tune_of("ingame_00.ogg") != sk.tune_of("ingame_01.ogg")  # two digits: tunes
 
 
 def test_dep5_licences_last_matching_stanza_wins():
@@ -115,6 +142,8 @@ def test_dep5_licences_last_matching_stanza_wins():
     assert sk.dep5_licences(text, "/usr/share/games/g/sounds/x.ogg") == ["CC-BY-SA-3.0"]
     assert sk.dep5_licences(text, "/usr/share/games/g/other/y.ogg") == ["GPL-2+"]
     assert sk.dep5_licences("free-form text, GPL\n", "/usr/share/x.ogg") == []
+    empty_first_line = "Files: *\nCopyright: x\nLicense:\n GPL-2+ text on the next lines\n"
+    assert sk.dep5_licences(empty_first_line, "/usr/share/x.ogg") == []
 
 
 def test_ensure_packages_refuses_without_root(monkeypatch):
