@@ -3,7 +3,9 @@
 import json
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,8 +114,42 @@ def test_slurm_stops_ranks_saves_and_requeues() -> None:
     assert re.search(r"^#SBATCH --signal=B:USR1@\d+", text, re.M)
     assert re.search(r"^#SBATCH --requeue", text, re.M)
     assert re.search(r"^trap stop_and_requeue USR1$", text, re.M)
-    assert f"pkill -TERM -f -- '{RANK_PATTERN}'" in text and "scontrol requeue" in text
+    assert 'pkill -TERM -f -- "$RANKS"' in text and "scontrol requeue" in text
     assert "--kill-on-bad-exit=1" in text and "--resume auto" in text
+
+
+def test_slurm_stop_pattern_signals_this_runs_ranks_only(tmp_path) -> None:
+    """pkill with the sbatch's pattern, on stand-in processes with rank-like command lines:
+    this run's ranks get SIGTERM; its launcher and another run's ranks (same user, shared
+    node, a folder that only extends this one's name) do not."""
+    line = next(
+        x
+        for x in (PLATFORM / "slurm/pretrain.sbatch").read_text().splitlines()
+        if x.startswith("RANKS=")
+    )
+    run_dir, other_dir = tmp_path / "runs" / "job", tmp_path / "runs" / "job10"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+    def process(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([*sleeper, *args])
+
+    def rank(directory) -> subprocess.Popen:
+        return process("--local_rank=0", "--config", "c.yaml", "--set",
+                       f"train.output_dir={directory}", "--resume", "auto")  # fmt: skip
+
+    ours, last_arg = rank(run_dir), process("--local_rank=1", f"train.output_dir={run_dir}")
+    launcher = process("launch/pretrain.py", "--set", f"train.output_dir={run_dir}")
+    theirs = rank(other_dir)
+    try:
+        script = f'RUN_DIR={run_dir}\n{line}\npkill -TERM -f -- "$RANKS"'
+        assert subprocess.run(["bash", "-c", script], timeout=30).returncode == 0
+        assert ours.wait(timeout=30) == -signal.SIGTERM
+        assert last_arg.wait(timeout=30) == -signal.SIGTERM
+        assert launcher.poll() is None and theirs.poll() is None
+    finally:
+        for p in (ours, last_arg, launcher, theirs):
+            p.kill()
+            p.wait()
 
 
 def test_k8s_pid1_forwards_sigterm_to_the_ranks() -> None:
