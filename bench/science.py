@@ -47,6 +47,7 @@ MODELS = ("pretrained", "random_init", "handcrafted")
 ENCODERS = ("pretrained", "random_init")
 KEYS = {"genre": ("accuracy", "log_loss"), "tagging": ("roc_auc", "pr_auc", "log_loss")}
 LOWER_IS_BETTER = {"log_loss"}
+PROBE_LR_GRID = "[0.001,0.003,0.01]"  # each probe head's rate, chosen on the valid split
 SELECT_BY = "log_loss"  # the valid-split metric that picks a layer ("<model>@layer" rows)
 TRIVIAL = ("val/cfm", "val/cfm_interpolate", "val/cfm_clip_mean", "val/ccm", "val/ccm_interpolate")
 BEGIN, END = "<!-- science:begin -->", "<!-- science:end -->"
@@ -158,6 +159,8 @@ def probe(args, work, export, task, task_yaml, head, seed) -> dict:
                 f"train.head={head}",
                 "--set",
                 f"train.per_layer={str(head == 'linear').lower()}",
+                "--set",
+                f"train.lr_grid={PROBE_LR_GRID}",
                 "--set",
                 f"cache_dir={args.cache / 'features'}",
                 "--set",

@@ -72,6 +72,11 @@ class TrainConfig:
 
     Attributes:
         lr: Learning rate of the head (and of the layer weights).
+        lr_grid: Probe learning rates to try instead of `lr`: one head per rate from the same
+            initial weights, the one with the best valid log-loss kept (and reported as
+            `probe_lr`); empty = `lr` alone. The head's best rate depends on the task and the
+            inputs (a head that is still improving at `max_epochs` favours inputs it fits
+            faster), so the science yardstick sets `[0.001, 0.003, 0.01]`.
         encoder_lr: Learning rate of the encoder in finetune mode (lower than `lr`).
         weight_decay: AdamW weight decay.
         batch_size: Chunks per optimizer step.
@@ -92,6 +97,7 @@ class TrainConfig:
     """
 
     lr: float = 1e-3
+    lr_grid: list[float] = field(default_factory=list)
     encoder_lr: float = 1e-5
     weight_decay: float = 1e-4
     batch_size: int = 64
@@ -109,6 +115,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.encoder_lr < 0:
             raise ValueError("train.lr must be > 0 and train.encoder_lr >= 0")
+        if any(lr <= 0 for lr in self.lr_grid):
+            raise ValueError(f"train.lr_grid: every rate must be > 0, got {list(self.lr_grid)}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError("train.batch_size, train.max_epochs and train.patience must be >= 1")
         if self.mlp_hidden < 1 or not 0.0 <= self.mlp_dropout < 1.0:

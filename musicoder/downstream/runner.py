@@ -17,7 +17,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -118,6 +118,7 @@ class _Result:
     probs: np.ndarray  # (test tracks, classes)
     history: History
     layer_weights: list[float]
+    probe_lr: float
     per_layer: list[dict] | None = None  # one head per pooled state: valid and test metrics
     effective_rank: list[float] | None = None  # of each pooled state over the train chunks
 
@@ -127,6 +128,7 @@ class _Result:
             "test": self.metrics,
             "layer_weights": self.layer_weights,
             "best_epoch": self.history.best_epoch,
+            "probe_lr": self.probe_lr,
         }
         if self.per_layer is not None:
             out["per_layer"] = self.per_layer
@@ -276,6 +278,34 @@ class _Job:
             )
         return head.to(device).fit_standardization(inputs.to(device))
 
+    def fit_head(
+        self,
+        sets: dict[str, ChunkSet],
+        device: torch.device,
+        layer: int | None,
+        name: str | None = None,
+    ) -> tuple[ProbeHead, History, float]:
+        """A probe head trained at each rate of `train.lr_grid` (else `train.lr`) from the same
+        initial weights; returns the one with the best valid log-loss, its history and rate.
+        With `name`, each rate's epochs go to TensorBoard (`probe` stage, or `probe_lr<rate>`)."""
+        train_cfg = self.cfg.train
+        rates = list(train_cfg.lr_grid) or [train_cfg.lr]
+        best = None
+        for lr in rates:
+            head = self.head(sets, device, layer)
+            stage = "probe" if len(rates) == 1 else f"probe_lr{lr:g}"
+            history = train_probe(
+                head,
+                sets["train"],
+                sets["valid"],
+                self.task.kind,
+                replace(train_cfg, lr=lr),
+                on_epoch=self.on_epoch(name, stage) if name else None,
+            )
+            if best is None or history.best < best[1].best:
+                best = (head, history, lr)
+        return best
+
     def split_metrics(self, probs: dict[str, np.ndarray]) -> dict[str, dict]:
         """Metrics of track-level probabilities per split (`EVAL_SPLITS`)."""
         return {
@@ -288,15 +318,7 @@ class _Job:
         kind, train_cfg = self.task.kind, self.cfg.train
         sets = {s: self.chunk_set(s, encoder, handcrafted) for s in SPLITS}
         layer = None if handcrafted else train_cfg.layer
-        head = self.head(sets, encoder.device, layer)
-        history = train_probe(
-            head,
-            sets["train"],
-            sets["valid"],
-            kind,
-            train_cfg,
-            on_epoch=self.on_epoch(name, "probe"),
-        )
+        head, history, lr = self.fit_head(sets, encoder.device, layer, name)
         probs = {s: predict_probe(head, sets[s], kind) for s in EVAL_SPLITS}
         if self.cfg.mode == FINETUNE and not handcrafted:
             model = FinetuneModel(copy.deepcopy(encoder.model), head, pooling=train_cfg.pooling).to(
@@ -319,7 +341,7 @@ class _Job:
         metrics = self.split_metrics(probs)
         test = metrics["test"]
         log.info("%s test: %s", name, {k: v for k, v in test.items() if isinstance(v, float)})
-        result = _Result(test, metrics["valid"], probs["test"], history, head.layer_weights())
+        result = _Result(test, metrics["valid"], probs["test"], history, head.layer_weights(), lr)
         if train_cfg.per_layer:
             result.per_layer, result.effective_rank = self.layer_scores(sets, encoder.device)
         return result
@@ -331,8 +353,7 @@ class _Job:
         effective rank over the train chunks (how many directions the states really use)."""
         scores, ranks = [], []
         for k in range(sets["train"].inputs.shape[1]):
-            head = self.head(sets, device, layer=k)
-            train_probe(head, sets["train"], sets["valid"], self.task.kind, self.cfg.train)
+            head, _, _ = self.fit_head(sets, device, k)
             probs = {s: predict_probe(head, sets[s], self.task.kind) for s in EVAL_SPLITS}
             scores.append({"layer": k, **self.split_metrics(probs)})
             ranks.append(effective_rank(sets["train"].inputs[:, k].numpy()))

@@ -113,6 +113,36 @@ def test_probe_with_baselines_writes_everything_and_caches(
     }
 
 
+def test_lr_grid_keeps_the_rate_with_the_best_valid_log_loss(tone_task, tiny_export, tmp_path):
+    base = FinetuneConfig(
+        encoder=str(tiny_export),
+        task=TaskConfig(name="tones", path=str(tone_task)),
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
+
+    def probe(name: str, **train) -> dict:
+        cfg = TrainConfig(max_epochs=8, patience=8, **train)
+        return run(
+            FinetuneConfig(**{**base.__dict__, "output": str(tmp_path / name), "train": cfg})
+        )
+
+    rates = (1e-4, 3e-2)  # far apart: the slow one is still far from fitted after 8 epochs
+    alone = {lr: probe(f"lr{lr:g}", lr=lr) for lr in rates}
+    grid = probe("grid", lr_grid=list(rates))
+    best = min(rates, key=lambda lr: alone[lr]["valid_log_loss"])
+    assert alone[1e-4]["valid_log_loss"] != pytest.approx(alone[3e-2]["valid_log_loss"])
+    assert grid["models"]["pretrained"]["probe_lr"] == best
+    assert grid["valid_log_loss"] == pytest.approx(alone[best]["valid_log_loss"])
+    assert grid["test"] == alone[best]["test"]  # same head, same start: the same result
+    events = EventAccumulator(str(tmp_path / "grid" / "tensorboard" / "pretrained")).Reload()
+    assert {"probe_lr0.0001/valid_log_loss", "probe_lr0.03/valid_log_loss"} <= set(
+        events.Tags()["scalars"]
+    )
+    with pytest.raises(ValueError, match="lr_grid"):
+        TrainConfig(lr_grid=[0.01, 0.0])
+
+
 def count_encoder_passes(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = Encoder.iter_pooled_states
