@@ -9,6 +9,14 @@ Every rank yields exactly the same number of batches per epoch: `musicoder.data.
 gives each (rank, worker) slot its shards and a batch quota; a slot that runs dry re-draws from
 its shards (then from all shards) instead of stopping early.
 
+Mixtures (`data.sources`, or a view whose sources have different weights; see
+`musicoder.data.mixture`): the train shards are grouped into parts of one per-sample weight,
+`plan_mixture` plans every part over the slots with one quota per slot from the weighted total,
+and each slot interleaves its parts' streams by a seeded draw. With one part (one shard set, a
+view of equal weights, a mixture of equal weights) this is exactly the one-shard-set stream.
+Validation reads the union of the val shards, unweighted, so val losses compare across mixes.
+Each batch counts its samples per source, for `data/source/<name>` in TensorBoard.
+
 Samples are decoded and checked by `musicoder.shardset.sample` (npy header parsed without
 pickle, `np.frombuffer` views, JSON). A worker keeps each clip as stored (float16) until
 it is cropped, then copies the crops straight into one preallocated float32 batch (converting
@@ -40,6 +48,7 @@ Ctrl-C) is for the trainer's stop flag, and must not kill a worker while the tra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import signal
@@ -53,7 +62,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from musicoder import storage
 from musicoder.data.collate import collate
-from musicoder.data.plan import WorkerPlan, derive_seed, plan_epoch
+from musicoder.data.mixture import SourceConfig, interleave
+from musicoder.data.plan import WorkerPlan, derive_seed, plan_mixture
 from musicoder.model import STD_FLOOR, Batch, MaskingConfig
 from musicoder.model.masking import draw_masks
 from musicoder.shardset.format import ShardFormatError
@@ -69,9 +79,12 @@ log = logging.getLogger(__name__)
 class DataConfig:
     """Where training data comes from and how clips become batches."""
 
-    manifest: str = (
-        "shards"  # manifest.json, view.json or their folder; local path, file:// or s3://
-    )
+    # manifest.json, view.json or their folder; local path, file:// or s3://. Empty: the
+    # mixture of data.sources, or without those DEFAULT_MANIFEST (shards/).
+    manifest: str = ""
+    # A weighted mixture instead of data.manifest: [{uri: ..., weight: 1.0, name: ...}, ...]
+    # (weight = draws per sample and epoch; see musicoder.data.mixture).
+    sources: list[SourceConfig] = field(default_factory=list)
     preset: str = "musicoder324"  # feature preset the model expects; the manifest must match
     max_frames: int = 512  # random crop length (frames); shorter clips are padded
     shuffle_buffer: int = 256  # samples held per worker for shuffling (0 = read order)
@@ -83,6 +96,14 @@ class DataConfig:
     max_damaged_shards: int = 8  # more damaged or unreadable train shards (whole job) stop it
 
     def __post_init__(self) -> None:
+        if self.manifest and self.sources:
+            raise ValueError(
+                f"data.manifest ({self.manifest}) and data.sources are both set; a mixture "
+                "takes data.sources alone (clear the other: --set data.manifest='')"
+            )
+        names = [source.name for source in self.sources if source.name]
+        if len(set(names)) < len(names):
+            raise ValueError(f"data.sources: names must differ, got {names}")
         for key in ("max_frames", "prefetch_factor", "val_max_batches"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key}: must be >= 1, got {getattr(self, key)}")
@@ -117,6 +138,7 @@ class BatchInfo:
     frames: int  # valid frames in the batch
     damaged: tuple[int, ...] = ()  # shards (indexes) this worker found damaged or unreadable
     s3_retries: int = 0  # S3 requests retried and bodies re-opened by this worker so far
+    sources: tuple[int, ...] = ()  # samples in the batch per source of the manifest
 
 
 class DamagedShardsError(ShardFormatError):
@@ -209,6 +231,18 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.seed, self.shuffle = seed, shuffle
         self.num_workers = max(1, config.num_workers)
+        self.num_sources = max(1, len(manifest.sources))
+        # Parts: train shards grouped by per-sample weight, in order of first appearance
+        # (validation: one unweighted part).
+        parts: dict[float, list[int]] = {}
+        for i, ref in enumerate(self.shards):
+            parts.setdefault(ref.weight if split == "train" else 1.0, []).append(i)
+        self._parts = [tuple(shards) for shards in parts.values()]
+        self._weights = list(parts)
+        self._masses = [
+            w * sum(self.shards[i].samples for i in part)
+            for w, part in zip(self._weights, self._parts, strict=True)
+        ]
         # [epoch, skip per worker]: shared with persistent DataLoader workers, read per epoch
         self._position = torch.zeros(1 + self.num_workers, dtype=torch.int64)
         if config.num_workers:
@@ -217,19 +251,28 @@ class ShardStream(IterableDataset):
         std = np.maximum(stats.std.astype(np.float32), STD_FLOOR)  # (C,)
         self._mean = torch.from_numpy(stats.mean.astype(np.float32)) if config.normalize else None
         self._inv_std = torch.from_numpy(1.0 / std) if config.normalize else None
-        self.batches_per_epoch = sum(plan.batches for plan in self._plans(0))  # same every epoch
+        self.batches_per_epoch = sum(parts[0].batches for parts in self._plans(0))  # every epoch
         self._damaged: set[int] = set()  # checksum failures: excluded for the rest of the run
         self._verified: set[int] = set()  # shards this worker has checked (once is enough)
 
-    def _plans(self, epoch: int) -> list[WorkerPlan]:
-        return plan_epoch(
-            [s.samples for s in self.shards],
+    def _plans(self, epoch: int) -> list[tuple[WorkerPlan, ...]]:
+        """Per worker of this rank, one plan per part, with shard indexes into `self.shards`."""
+        plans = plan_mixture(
+            [[self.shards[i].samples for i in part] for part in self._parts],
+            self._weights,
             world_size=self.world_size,
             num_workers=self.num_workers,
             batch_size=self.batch_size,
             seed=self.seed,
             epoch=epoch,
         )[self.rank]
+        return [
+            tuple(
+                dataclasses.replace(plan, shards=tuple(part[i] for i in plan.shards))
+                for plan, part in zip(worker, self._parts, strict=True)
+            )
+            for worker in plans
+        ]
 
     @property
     def epoch(self) -> int:
@@ -293,16 +336,24 @@ class ShardStream(IterableDataset):
         if info is not None:  # a loader process: one thread each (in-process, leave the trainer's)
             torch.set_num_threads(1)
         skip = skips[worker]
-        plan = self._plans(epoch)[worker]
+        plans = self._plans(epoch)[worker]
         reading = _Reading(BufferPool(limit=2 * self.batch_size))
-        stream = self._clips(plan, epoch, worker, reading)
+        streams = [
+            self._clips(plan, part, epoch, worker, reading) for part, plan in enumerate(plans)
+        ]
+        stream = streams[0]
+        if len(streams) > 1:  # a mixture: a seeded draw picks the part of every sample
+            rng = np.random.default_rng(derive_seed(self.seed, epoch, self.rank, worker, 1, 0))
+            stream = interleave(streams, self._masses, rng)
         for _ in range(skip):
             next(stream)
-        for index in range(skip // self.batch_size, plan.batches):
-            clips = [next(stream) for _ in range(self.batch_size)]
+        for index in range(skip // self.batch_size, plans[0].batches):
+            drawn = [next(stream) for _ in range(self.batch_size)]
+            clips = [clip for clip, _ in drawn]
             batch = collate(clips, mean=self._mean, inv_std=self._inv_std)
             for clip in clips:  # copied: their payload buffers can take the next samples
                 reading.pool.give(clip)
+            sources = np.bincount([source for _, source in drawn], minlength=self.num_sources)
             gen = torch.Generator().manual_seed(
                 derive_seed(self.seed, epoch, self.rank, worker, index)
             )
@@ -317,27 +368,32 @@ class ShardStream(IterableDataset):
                     frames=int(batch.valid.sum()),
                     damaged=tuple(sorted(self._damaged | reading.failed)),
                     s3_retries=sum(retry_counts().values()),
+                    sources=tuple(int(n) for n in sources),
                 ),
             )
 
     def _clips(
-        self, plan: WorkerPlan, epoch: int, worker: int, reading: _Reading
-    ) -> Iterator[np.ndarray]:
-        """Cropped clips `(T, C)` as stored, in shuffled order, re-drawn without end."""
-        rng = np.random.default_rng(derive_seed(self.seed, epoch, self.rank, worker, 1))
+        self, plan: WorkerPlan, part: int, epoch: int, worker: int, reading: _Reading
+    ) -> Iterator[tuple[np.ndarray, int]]:
+        """Cropped clips `(T, C)` as stored with their source index, in shuffled order,
+        re-drawn without end, from one part's shards."""
+        # Part 0 keeps the one-shard-set seed, so a one-part stream is unchanged by mixtures.
+        rng = np.random.default_rng(
+            derive_seed(self.seed, epoch, self.rank, worker, 1, *([part] if part else []))
+        )
         # A buffer larger than the slot's share would re-read shards before the first batch.
         share = sum(self.shards[i].samples for i in plan.shards) // plan.stride
         size = min(self.config.shuffle_buffer, share) if self.shuffle else 0
-        buffer: list[np.ndarray] = []
-        for feats in self._records(plan, rng, reading):
+        buffer: list[tuple[np.ndarray, int]] = []
+        for item in self._records(plan, self._parts[part], rng, reading):
             if size > 1:
-                buffer.append(feats)
+                buffer.append(item)
                 if len(buffer) < size:
                     continue
                 j = int(rng.integers(len(buffer)))
                 buffer[j], buffer[-1] = buffer[-1], buffer[j]
-                feats = buffer.pop()
-            yield self._prepare(feats, rng)
+                item = buffer.pop()
+            yield self._prepare(item[0], rng), item[1]
 
     def _prepare(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         extra = feats.shape[0] - self.config.max_frames
@@ -347,11 +403,18 @@ class ShardStream(IterableDataset):
         return feats
 
     def _records(
-        self, plan: WorkerPlan, rng: np.random.Generator, reading: _Reading
-    ) -> Iterator[np.ndarray]:
-        """Decoded samples of the slot's shards, round after round; a round without any
-        readable sample widens to every shard, and if none of those is readable either, raise."""
-        offsets = np.concatenate([[0], np.cumsum([s.samples for s in self.shards])])
+        self,
+        plan: WorkerPlan,
+        part: tuple[int, ...],
+        rng: np.random.Generator,
+        reading: _Reading,
+    ) -> Iterator[tuple[np.ndarray, int]]:
+        """Decoded samples (with their source index) of the slot's shards of one part, round
+        after round; a round without any readable sample widens to every shard of the part,
+        and if none of those is readable either, raise."""
+        # Global sample index within the part, for plans that split shards by sample index.
+        counts = np.cumsum([0] + [self.shards[i].samples for i in part])
+        offsets = dict(zip(part, counts.tolist(), strict=False))
         shards, failed, dead = list(plan.shards), reading.failed, set(self._damaged)
         while True:
             delivered = 0
@@ -364,7 +427,7 @@ class ShardStream(IterableDataset):
                         read += 1
                         if feats is not None and (offsets[i] + k) % plan.stride == plan.offset:
                             delivered += 1
-                            yield feats
+                            yield feats, self.shards[i].source
                 except StorageUnavailableError:  # the service, not the shard
                     raise
                 except ShardChecksumError as exc:  # any sample may be wrong: never again
@@ -392,9 +455,9 @@ class ShardStream(IterableDataset):
                             exc.args[0] if exc.args else exc,
                         )
             if delivered == 0:
-                if len(shards) == len(self.shards) and plan.stride == 1:
+                if len(shards) == len(part) and plan.stride == 1:
                     raise ShardFormatError(f"{self.manifest.uri}: no readable samples in any shard")
-                shards, plan = list(range(len(self.shards))), WorkerPlan((), 1, 0, plan.batches)
+                shards, plan = list(part), WorkerPlan((), 1, 0, plan.batches)
             if self.shuffle:
                 rng.shuffle(shards)
 

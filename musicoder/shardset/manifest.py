@@ -5,7 +5,12 @@
 sets the view references, checks that each still has the sha256 the view recorded and that all
 share one feature preset, and returns one :class:`Manifest` whose shards carry the view's
 excluded keys (their sample counts net of them), so the loader plans equal batches per rank
-over exactly the samples the view keeps.
+over exactly the samples the view keeps. `mix_manifests` is the one place where several
+manifests (shard sets or views) become one: a view's sources, and a training mixture's
+(`data.sources`). A weight is per sample: each sample of a source of weight w is drawn w times
+per epoch on average (1 everywhere = the union, read once), so weights compose by multiplying
+(a view's weight times its own sources' weights) and normalization statistics pool frames x
+weight over the shard sets at the leaves, in float64.
 
 :class:`ManifestBuilder` merges shard summaries strictly in plan order, whatever order they
 arrive in, so the float64 sums and therefore ``manifest.json`` are identical between a clean run
@@ -50,6 +55,8 @@ class ShardRef:
     sha256: str | None = None  # of the whole tar, as written; None in sets that do not list it
     bytes: int | None = None
     excluded: frozenset[str] = frozenset()
+    weight: float = 1.0  # draws per sample and epoch (a view's or mixture's weights, multiplied)
+    source: int = 0  # index into the owning Manifest's `sources` (0 in a plain shard set)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class Manifest:
     format_version: int = SHARD_FORMAT_VERSION
     sha256: str = ""  # of the manifest (or view) file's bytes
     sources: list[Manifest] = field(default_factory=list)  # a view's shard sets, in view order
+    weights: list[float] = field(default_factory=list)  # per-sample weight of each source
 
 
 def manifest_path(uri: str) -> str:
@@ -173,8 +181,8 @@ def _parse_manifest(path: str, raw: dict) -> Manifest:
 
 
 def _read_view(path: str, raw: dict, sha256: str) -> Manifest:
-    """Resolve a view: its sources' manifests, shard lists net of the excluded keys, and
-    normalization stats pooled over the sources in float64 (frames times weight)."""
+    """Resolve a view: its sources' manifests with shard lists net of the excluded keys, mixed
+    by `mix_manifests` (weights per sample, stats pooled in float64)."""
     if raw.get("format_version") != VIEW_FORMAT_VERSION:
         raise ShardFormatError(
             f"{path}: unsupported {VIEW_FORMAT} version {raw.get('format_version')!r}, "
@@ -183,7 +191,7 @@ def _read_view(path: str, raw: dict, sha256: str) -> Manifest:
     entries = raw.get("sources")
     if not isinstance(entries, list) or not entries:
         raise ShardFormatError(f"{path}: a view needs a non-empty 'sources' list")
-    sources, weights, refs = [], [], {split: [] for split in SPLITS}
+    sources, weights, total = [], [], 0
     for n, entry in enumerate(entries):
         try:
             uri = storage.resolve(storage.parent(path), str(entry["uri"]))
@@ -199,43 +207,94 @@ def _read_view(path: str, raw: dict, sha256: str) -> Manifest:
                 f"{path}: source {source.uri} changed since the view was made "
                 f"(sha256 {source.sha256[:12]}, view expects {expected[:12]}); re-run curate"
             )
-        first = sources[0] if sources else source
-        if (source.preset, source.channels) != (first.preset, first.channels):
-            raise ShardFormatError(
-                f"{path}: source {source.uri} uses preset {source.preset!r} "
-                f"({source.channels} channels), {first.uri} uses {first.preset!r}"
-            )
-        if not weight > 0:
-            raise ShardFormatError(f"{path}: source {source.uri} has weight {weight}, need > 0")
+        total += sum(s.samples for split in SPLITS for s in getattr(source, split))
+        kept = {}
         for split in SPLITS:
+            kept[split] = []
             for ref in getattr(source, split):
                 drop = frozenset(excluded.get(storage.basename(ref.uri), ()))
                 if ref.samples > len(drop):
-                    refs[split].append(
+                    kept[split].append(
                         dataclasses.replace(ref, samples=ref.samples - len(drop), excluded=drop)
                     )
-        sources.append(source)
+        sources.append(dataclasses.replace(source, **kept))
         weights.append(weight)
-    kept = sum(r.samples for split in SPLITS for r in refs[split])
-    total = sum(s.samples for m in sources for split in SPLITS for s in getattr(m, split))
+    view = mix_manifests(path, sources, weights)
+    kept = sum(r.samples for split in SPLITS for r in getattr(view, split))
+    view.counts = {"sources": len(sources), "segments": kept, "excluded": total - kept}
+    view.sha256 = sha256
+    return view
+
+
+def mix_manifests(uri: str, sources: list[Manifest], weights: list[float]) -> Manifest:
+    """One manifest over several (shard sets or views), each sample of `sources[k]` weighted
+    `weights[k]` (draws per epoch; a view's own weights are multiplied in).
+
+    Args:
+        uri: what errors and logs call the result (a view's path, or the mixture's name).
+        sources: the manifests, in order; their shards are listed in that order.
+        weights: one per source, > 0.
+
+    Returns:
+        A manifest whose shards carry `weight` (source weight x their own) and `source` (k),
+        whose `sources` and `weights` are the arguments, and whose stats pool the shard sets
+        at the leaves by frames x weight in float64.
+
+    Raises:
+        ShardFormatError: a weight that is not > 0, or sources of different presets (the
+            message names the offending source's URI).
+    """
+    first = sources[0]
+    refs: dict[str, list[ShardRef]] = {split: [] for split in SPLITS}
+    for k, (source, weight) in enumerate(zip(sources, weights, strict=True)):
+        if not weight > 0:
+            raise ShardFormatError(f"{uri}: source {source.uri} has weight {weight}, need > 0")
+        if (source.preset, source.channels) != (first.preset, first.channels):
+            raise ShardFormatError(
+                f"{uri}: source {source.uri} uses preset {source.preset!r} "
+                f"({source.channels} channels), {first.uri} uses {first.preset!r} "
+                f"({first.channels} channels); all sources must share one feature preset"
+            )
+        for split in SPLITS:
+            refs[split] += [
+                dataclasses.replace(ref, weight=ref.weight * weight, source=k)
+                for ref in getattr(source, split)
+            ]
+    leaves = [leaf for m, w in zip(sources, weights, strict=True) for leaf in _leaves(m, w)]
     return Manifest(
-        uri=path,
-        preset=sources[0].preset,
-        feature=sources[0].feature,
-        channels=sources[0].channels,
+        uri=uri,
+        preset=first.preset,
+        feature=first.feature,
+        channels=first.channels,
         train=refs["train"],
         val=refs["val"],
-        stats=merge_stats([m.stats for m in sources], weights),
-        counts={"sources": len(sources), "segments": kept, "excluded": total - kept},
+        stats=merge_stats([m.stats for m, _ in leaves], [w for _, w in leaves]),
+        counts={
+            "sources": len(sources),
+            "segments": sum(r.samples for rs in refs.values() for r in rs),
+        },
         format_version=VIEW_FORMAT_VERSION,
-        sha256=sha256,
-        sources=sources,
+        sources=list(sources),
+        weights=list(weights),
     )
 
 
+def _leaves(manifest: Manifest, weight: float) -> list[tuple[Manifest, float]]:
+    """The shard sets under `manifest` with their composed per-sample weights."""
+    if not manifest.sources:
+        return [(manifest, weight)]
+    return [
+        leaf
+        for source, own in zip(manifest.sources, manifest.weights, strict=True)
+        for leaf in _leaves(source, weight * own)
+    ]
+
+
 def merge_stats(stats: list[NormStats], weights: list[float]) -> NormStats:
-    """Pool per-channel mean and std in float64, each source weighted by frames x weight (with
-    equal weights: the exact statistics of the union)."""
+    """Pool per-channel mean and std in float64, each source weighted by frames x weight: the
+    mixture's mean, and its variance as the weighted mean of the second moments minus the
+    squared mean (never an average of stds). With equal weights: the exact statistics of the
+    union; with integer weights: those of the union with each source repeated weight times."""
     w = np.array([s.count * wt for s, wt in zip(stats, weights, strict=True)], dtype=np.float64)
     if not w.sum():
         w = np.ones(len(stats))

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from musicoder.data.mixture import expected_shares, read_data, source_names
 from musicoder.data.plan import derive_seed
 from musicoder.data.stream import DamagedShardsError, ShardStream, make_loader
 from musicoder.model import (
@@ -40,7 +41,7 @@ from musicoder.model import (
 from musicoder.model.baselines import BASELINES, baseline_losses
 from musicoder.model.contrastive import contrastive_loss, pair_accuracy
 from musicoder.model.loss import LossOutput
-from musicoder.shardset.manifest import Manifest, check_preset, read_manifest
+from musicoder.shardset.manifest import Manifest, check_preset
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
 from musicoder.training.config import PretrainConfig
@@ -96,12 +97,13 @@ def check_inputs(
     config: PretrainConfig, deepspeed_config: str, resume: Literal["auto"] | None = None
 ) -> Manifest:
     """Check what a run is given before any process group exists, so that every rank fails
-    alike with a one-line error: the manifest (complete, readable, the model's preset), the
+    alike with a one-line error: the manifest or the mixture of `data.sources` (complete,
+    readable, one preset, the model's), the
     DeepSpeed JSON (readable, no key the YAML owns) and, with `resume="auto"`, that a
     checkpoint dir with a `latest` still has a complete tag.
 
     Returns:
-        The manifest.
+        The manifest (of the mixture, with `data.sources`).
 
     Raises:
         FileNotFoundError: no manifest or DeepSpeed JSON.
@@ -111,7 +113,7 @@ def check_inputs(
     tcfg = config.train
     if tcfg.precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
-    manifest = read_manifest(config.data.manifest)
+    manifest = read_data(config.data)
     check_preset(manifest, config.data.preset, config.model_config().input_dim)
     deepspeed_dict(config, deepspeed_config, on_cpu=not torch.cuda.is_available())
     if resume == "auto":
@@ -158,6 +160,7 @@ class Pretrainer:
         self._batches = None
         self._skipped: dict[int, int] = {}  # bad samples skipped this epoch, per loader worker
         self._s3_retries: dict[int, int] = {}  # S3 retries so far, per loader worker
+        self._drawn: list[int] = []  # samples taken per data source since the last log step
         self._damaged: set[int] = set()  # train shards this rank's workers found bad
         self._damaged_synced = 0  # how many of them the other ranks know of
         self._job_damaged: set[int] = set()  # the union over ranks
@@ -202,6 +205,8 @@ class Pretrainer:
             batch_size=tcfg.micro_batch,
             seed=tcfg.seed,
         )
+        self.sources = source_names(cfg.data, manifest)
+        self._drawn = [0] * len(self.sources)
         if tag is not None:
             self._load(tag)
         self.val_stream = self._make_val_stream(manifest)
@@ -224,6 +229,14 @@ class Pretrainer:
             zero_stage(ds_cfg),
             self.stream.batches_per_epoch,
         )
+        if len(self.sources) > 1:
+            log_rank_zero(
+                "data sources (expected share of samples): %s",
+                ", ".join(
+                    f"{name} {share:.1%}"
+                    for name, share in zip(self.sources, expected_shares(manifest), strict=True)
+                ),
+            )
 
     def _find_resume(self) -> tuple[str | None, bool]:
         """The tag to resume from and whether it needs universal loading (converted here)."""
@@ -310,6 +323,8 @@ class Pretrainer:
                 self._skipped[item[1].worker] = item[1].skipped_samples
                 self._damaged.update(item[1].damaged)
                 self._s3_retries[item[1].worker] = item[1].s3_retries
+                for k, n in enumerate(item[1].sources):
+                    self._drawn[k] += n
                 yield item
             position.epoch += 1
             position.consumed = [0] * self.stream.num_workers
@@ -418,7 +433,7 @@ class Pretrainer:
         )
         if found > limit:
             raise DamagedShardsError(
-                f"{self.config.data.manifest}: {found} of {len(shards)} train shards are damaged "
+                f"{self.stream.manifest.uri}: {found} of {len(shards)} train shards are damaged "
                 f"or unreadable, more than data.max_damaged_shards={limit} ({names}"
                 f"{', ...' if found > 3 else ''}); see the warnings, re-shard or raise the limit"
             )
@@ -465,6 +480,11 @@ class Pretrainer:
         }
         if self.config.loss.contrastive_weight:
             values["loss/contrastive"] = contrastive
+        if len(self.sources) > 1:  # share of each source in the samples since the last log
+            drawn = self._all_sum(self._drawn)
+            self._drawn = [0] * len(self.sources)
+            for name, n in zip(self.sources, drawn, strict=True):
+                values[f"data/source/{name}"] = n / max(sum(drawn), 1.0)
         if norm is not None:
             values["opt/grad_norm"] = float(norm)
         self.tb.scalars(step, values)

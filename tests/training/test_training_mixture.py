@@ -1,0 +1,58 @@
+"""Pre-training on a weighted mixture of two shard sets through `launch/pretrain.py`: the
+expected shares are logged, TensorBoard gets `data/source/<name>`, and a run resumed from its
+step-4 checkpoint draws the same sources and reaches the same losses as the uninterrupted run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from fixtures_training import run_pretrain
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from musicoder.training import checkpoint
+
+STEPS = ("train.max_steps=8", "train.save_every=4", "train.val_every=0", "train.image_every=0")
+
+
+def _scalars(tb_dir) -> dict[str, dict[int, float]]:
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_mixture_logs_per_source_shares_and_resumes_exactly(
+    few_shard_set, uneven_shard_set, tmp_path
+):
+    # few: 23 clips x 4 = 92 draws per epoch; uneven: 42 x 0.25 = 10.5 -> 89.8% / 10.2%
+    sources = (
+        f"data.sources=[{{uri: {few_shard_set}, weight: 4, name: few}}, "
+        f"{{uri: {uneven_shard_set}, weight: 0.25, name: uneven}}]"
+    )
+    settings = (*STEPS, sources)
+    # data.manifest='' clears the one-source shorthand the shared command line sets.
+    full = run_pretrain(tmp_path / "full", "''", procs=None, settings=settings)
+    assert full.returncode == 0, full.log[-3000:]
+    assert "data sources (expected share of samples): few 89.8%, uneven 10.2%" in full.log
+    ref = _scalars(full.out / "tensorboard")
+    few, uneven = ref["data/source/few"], ref["data/source/uneven"]
+    assert sorted(few) == list(range(1, 9))
+    for step in few:
+        assert few[step] + uneven[step] == pytest.approx(1.0)
+    assert sum(few.values()) / len(few) > 0.7  # weights are honoured (expected 0.898)
+    assert min(uneven.values()) < max(uneven.values())  # drawn, not a fixed split
+
+    # Resume from the step-4 checkpoint of the same run: steps 5-8 replay it exactly.
+    out = tmp_path / "resumed"
+    shutil.copytree(full.out, out, ignore=shutil.ignore_patterns("tensorboard", "global_step8"))
+    (out / "checkpoints" / checkpoint.LATEST).write_text("global_step4")
+    resumed = run_pretrain(out, "''", procs=None, settings=settings, resume=True)
+    assert resumed.returncode == 0, resumed.log[-3000:]
+    assert "resumed from" in resumed.log
+    after = _scalars(out / "tensorboard")
+    for tag in ("data/source/few", "data/source/uneven"):
+        assert after[tag] == {step: ref[tag][step] for step in range(5, 9)}, tag
+    for step, loss in after["loss/total"].items():
+        assert loss == pytest.approx(ref["loss/total"][step], rel=1e-3, abs=1e-6), step
