@@ -48,6 +48,7 @@ MAX_CHANNELS = 1024  # libsndfile's own limit; also bounds the per-block buffer 
 MIN_SECONDS = 2.0
 SILENCE_PEAK = 1e-4
 RESAMPLE_QUALITY = "HQ"  # soxr preset, the same for every caller so all paths agree
+CLIP_LEVEL = 0.999  # a native frame with any channel at or above this magnitude counts as clipped
 BLOCK_SECONDS = 1.0  # native audio decoded per read; a part-way failure loses at most this
 BLOCK_VALUES = 1 << 20  # cap on frames x channels per read (4 MiB of float32)
 MP3_HEADER_SLACK = 0.01  # mp3 lengths are estimates without a Xing/LAME tag
@@ -112,6 +113,33 @@ class Segment:
     index: int
     offset_seconds: float
     samples: torch.Tensor  # float32 [n] at the requested sample rate
+    clipped_fraction: float = 0.0  # share of the segment's native-rate frames that clip
+
+
+class _ClipCounter:
+    """Native frame positions of clipped frames, counted per range as segments move forward.
+
+    Resampling smooths a clipped plateau below full scale, so clipping is counted in the
+    decoder's native samples, per channel, before the downmix (a frame clips when any channel
+    does). Positions before a counted range are dropped: memory holds the clipped frames of
+    about one segment.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+
+    def add(self, start: int, frames: np.ndarray) -> None:
+        """Records the clipped frames of a native block `(n, channels)` that starts at `start`."""
+        hit = np.flatnonzero((np.abs(frames) >= CLIP_LEVEL).any(axis=1))
+        if len(hit):
+            self._parts.append(hit + start)
+
+    def count(self, start: int, end: int) -> int:
+        """Clipped frames in `[start, end)`; later calls must not start before `start`."""
+        positions = np.concatenate(self._parts) if self._parts else np.zeros(0, np.int64)
+        positions = positions[positions >= start]
+        self._parts = [positions] if len(positions) else []
+        return int(np.count_nonzero(positions < end))
 
 
 class _Track:
@@ -125,6 +153,7 @@ class _Track:
         self.peak = 0.0
         self.eof = False  # the decoder reached the end (or the point where the file broke)
         self.failure: str | None = None  # why decoding stopped part-way, if it did
+        self.clipped = _ClipCounter()
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _Track:
@@ -171,6 +200,7 @@ class _Track:
             broken = not finite.all()
             if broken:
                 mono = mono[: int(np.argmin(finite))]
+            self.clipped.add(self.frames, buf[: len(mono)])
             np.clip(mono, -1.0, 1.0, out=mono)
             if len(mono):
                 self.peak = max(self.peak, float(mono.max()), -float(mono.min()))
@@ -353,9 +383,14 @@ class SegmentReader:
         self.segment_samples = max(1, round(seconds * sample_rate))
         self.info: AudioInfo | None = None
 
-    def _segment(self, index: int, samples: np.ndarray) -> Segment:
+    def _segment(self, index: int, samples: np.ndarray, track: _Track) -> Segment:
         offset = index * self.segment_samples / self.sample_rate
-        return Segment(index, offset, torch.from_numpy(samples))
+        scale = track.native_rate / self.sample_rate  # output sample -> native frame
+        first = round(index * self.segment_samples * scale)
+        last = max(first + 1, min(round((index * self.segment_samples + len(samples)) * scale),
+                                  track.frames))  # fmt: skip
+        clipped = track.clipped.count(first, last) / (last - first)
+        return Segment(index, offset, torch.from_numpy(samples), clipped)
 
     def __iter__(self) -> Iterator[Segment]:
         self.info = None
@@ -368,10 +403,10 @@ class SegmentReader:
                     buf[fill : fill + take] = block[:take]
                     fill, block = fill + take, block[take:]
                     if fill == size:
-                        yield self._segment(index, buf)
+                        yield self._segment(index, buf, track)
                         buf, index, fill = np.empty(size, np.float32), index + 1, 0
             if fill and fill >= self.min_seconds * self.sample_rate:  # else a dropped remainder
-                yield self._segment(index, buf[:fill].copy())
+                yield self._segment(index, buf[:fill].copy(), track)
             self.info = track.finish(self.min_seconds)
 
 

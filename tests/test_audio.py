@@ -175,6 +175,30 @@ def test_segments_equal_whole_file_and_one_shot_resampler(tmp_path, seconds):
     np.testing.assert_allclose(joined, one_shot, atol=1e-6)  # block edges leave no seams
 
 
+def test_segments_count_clipping_at_the_native_rate(tmp_path):
+    """A 44.1 kHz stereo master whose left channel is hard-clipped in the middle second: each
+    1 s segment's clipped_fraction is the share of native frames at full scale in any channel,
+    which the downmixed 22.05 kHz audio no longer shows (resampling rounds plateaus off too)."""
+    rate = 44100
+    t = np.arange(3 * rate) / rate
+    left = 0.5 * np.sin(2 * np.pi * 220 * t)
+    left[rate : 2 * rate] *= 3.0  # peaks of 1.5: clipped to full scale when written
+    data = np.stack([np.clip(left, -1, 1), 0.3 * np.sin(2 * np.pi * 330 * t)], axis=1)
+    path = tmp_path / "clipped.wav"
+    sf.write(path, data, rate, subtype="PCM_16")
+    written = sf.read(path, dtype="float32")[0]
+    expected = [
+        float((np.abs(written[i * rate : (i + 1) * rate]) >= audio.CLIP_LEVEL).any(1).mean())
+        for i in range(3)
+    ]
+    segments = list(audio.iter_segments(str(path), 1.0, 22050))
+    got = [s.clipped_fraction for s in segments]
+    assert expected[0] == expected[2] == 0.0 and expected[1] > 0.2
+    assert got == pytest.approx(expected, abs=2e-4)  # segment edges: a frame or two apart
+    resampled = (segments[1].samples.abs() >= audio.CLIP_LEVEL).float().mean().item()
+    assert resampled < 0.6 * expected[1]  # why it is counted before the downmix and resampling
+
+
 def test_remainder_rule(tmp_path):
     path = str(write_tone(tmp_path / "a.wav", 7.3, 48000))
     assert [len(s.samples) for s in _segments(path, 3.0)] == [3 * SR, 3 * SR]  # 1.3 s dropped

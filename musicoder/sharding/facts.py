@@ -13,7 +13,10 @@ For every segment the worker records, in the sample's JSON and its shard's index
   int16: no second decode.
 - ``loudness_dbfs``: mean-square level in dBFS (unweighted; digital silence floors at -120).
 - ``silent_fraction``: share of 1024-sample frames (~46 ms) whose RMS is below -60 dBFS.
-- ``clipped_fraction``: share of samples at or above 0.999 of full scale in magnitude.
+- ``clipped_fraction``: share of the segment's frames at or above 0.999 of full scale in magnitude
+  in any channel, counted by the decoder at the file's native rate (`Segment.clipped_fraction`),
+  because resampling rounds a clipped plateau off below full scale (it read about half the share
+  when counted after resampling).
 """
 
 from __future__ import annotations
@@ -23,20 +26,25 @@ import hashlib
 import chromaprint
 import numpy as np
 
+from musicoder.audio import CLIP_LEVEL
+
 FACT_FIELDS = ("pcm_sha256", "fingerprint", "loudness_dbfs", "silent_fraction", "clipped_fraction")
 FINGERPRINT_ALGORITHM = "chromaprint-2"  # libchromaprint's default (TEST2), named in the manifest
 SILENCE_DBFS = -60.0
 SILENCE_FRAME = 1024  # samples; the musicoder324 hop
-CLIP_LEVEL = 0.999
 FLOOR_DBFS = -120.0
 
 
-def sample_facts(samples: np.ndarray, sample_rate: int) -> dict:
+def sample_facts(
+    samples: np.ndarray, sample_rate: int, *, clipped_fraction: float | None = None
+) -> dict:
     """Hash, fingerprint and quality statistics of one decoded segment.
 
     Args:
         samples: mono float32 samples `[samples]`, nominally in [-1, 1].
         sample_rate: their rate in Hz.
+        clipped_fraction: the decoder's native-rate count (`Segment.clipped_fraction`); None =
+            count `samples` at or above `CLIP_LEVEL` (right only for audio never resampled).
 
     Returns:
         A dict with the keys of :data:`FACT_FIELDS` (JSON-ready).
@@ -50,7 +58,12 @@ def sample_facts(samples: np.ndarray, sample_rate: int) -> dict:
         "fingerprint": fingerprint(x, sample_rate),
         "loudness_dbfs": round(float(_dbfs(np.array([power.mean()]))[0]), 3),
         "silent_fraction": round(float((frame_db < SILENCE_DBFS).mean()), 6),
-        "clipped_fraction": round(float((np.abs(x) >= CLIP_LEVEL).mean()), 8),
+        "clipped_fraction": round(
+            float(
+                (np.abs(x) >= CLIP_LEVEL).mean() if clipped_fraction is None else clipped_fraction
+            ),
+            8,
+        ),
     }
 
 

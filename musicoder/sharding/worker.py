@@ -220,7 +220,9 @@ def _featurize(
                 "sample_rate": rate,
                 "frames": int(feat.shape[0]),
                 "preset": task.preset,
-                **sample_facts(segment.samples.numpy(), rate),
+                **sample_facts(
+                    segment.samples.numpy(), rate, clipped_fraction=segment.clipped_fraction
+                ),
             },
         }
         if task.keep_audio:
