@@ -10,6 +10,11 @@ Commands:
         --deepspeed configs/deepspeed/zero2.json --set data.manifest=s3://bucket/shards \
         --set train.output_dir=runs/base --set train.max_steps=100000 --set train.save_every=1000
 
+    # a weighted mixture of shard sets or views instead of one data.manifest
+    python launch/pretrain.py --config configs/pretrain/tiny-cpu.yaml \
+        --deepspeed configs/deepspeed/zero2.json \
+        --set 'data.sources=[{uri: shards/a, weight: 1}, {uri: s3://bucket/b, weight: 3}]'
+
     # several nodes: a hostfile (or SLURM srun with --no_ssh --node_rank), same arguments
     deepspeed --hostfile H launch/pretrain.py --config configs/pretrain/large.yaml \
         --deepspeed configs/deepspeed/zero3.json --resume auto

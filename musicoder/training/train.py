@@ -47,7 +47,7 @@ from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_j
 from musicoder.training.config import PretrainConfig
 from musicoder.training.tb import TrainLogger
 
-__all__ = ["Pretrainer", "check_inputs", "default_single_process_env", "run"]
+__all__ = ["Pretrainer", "check_inputs", "data_change", "default_single_process_env", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,9 @@ class Pretrainer:
             self.state.step,
             self.state.position.epoch,
         )
+        changed = data_change(self.state.config, self.config)
+        if changed:
+            log_rank_zero("%s", changed)
 
     def _make_val_stream(self, manifest) -> ShardStream | None:
         if not manifest.val or self.config.train.val_every == 0:
@@ -576,6 +579,19 @@ def _default_group_timeout(timeout: timedelta) -> None:
     distributed_c10d.default_pg_timeout = timeout
     if isinstance(getattr(distributed_c10d, "default_pg_nccl_timeout", None), timedelta):
         distributed_c10d.default_pg_nccl_timeout = timeout
+
+
+def data_change(saved: dict, config: PretrainConfig) -> str | None:
+    """What a resume should warn about when `config` trains on other data (`data.manifest`,
+    `data.sources`) than the checkpoint's resolved config `saved`; None when it is the same."""
+    before, now = saved.get("data", {}), _config_dict(config)["data"]
+    if all(before.get(key) == now[key] for key in ("manifest", "sources")):
+        return None
+    return (
+        f"resuming on other data than the checkpoint's (data.manifest {before.get('manifest')!r}, "
+        f"data.sources {before.get('sources')}): the data position is kept, but the samples it "
+        "leads to are not the ones the run would have seen"
+    )
 
 
 def _config_dict(cfg: PretrainConfig) -> dict:

@@ -26,3 +26,16 @@ def test_config_typos_are_errors():
         load_config(PretrainConfig, overrides=["model.hiden=64"])
     with pytest.raises(ConfigError, match="output_dir"):
         load_config(PretrainConfig, overrides=["train.output_dir=s3://b/run"])
+
+
+def test_mixture_config_round_trips_and_a_resume_notices_other_data():
+    from musicoder.training.train import data_change
+
+    mix = ["data.sources=[{uri: a, weight: 2}, {uri: b, name: x}]"]
+    cfg = load_config(PretrainConfig, overrides=mix)
+    saved = json.loads(json.dumps(to_dict(cfg)))  # as a checkpoint's client state keeps it
+    assert PretrainConfig.from_dict(saved) == cfg
+    assert data_change(saved, cfg) is None
+    other = load_config(PretrainConfig, overrides=["data.sources=[{uri: a, weight: 3}, {uri: b}]"])
+    assert "resuming on other data" in data_change(saved, other)
+    assert "data.manifest 'shards'" in data_change({"data": {"manifest": "shards"}}, cfg)

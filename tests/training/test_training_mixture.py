@@ -10,6 +10,7 @@ import pytest
 from fixtures_training import run_pretrain
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from musicoder.shardset.manifest import mix_manifests, read_manifest
 from musicoder.training import checkpoint
 
 STEPS = ("train.max_steps=8", "train.save_every=4", "train.val_every=0", "train.image_every=0")
@@ -22,7 +23,7 @@ def _scalars(tb_dir) -> dict[str, dict[int, float]]:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # two launches; generous for a loaded machine
 def test_mixture_logs_per_source_shares_and_resumes_exactly(
     few_shard_set, uneven_shard_set, tmp_path
 ):
@@ -43,6 +44,12 @@ def test_mixture_logs_per_source_shares_and_resumes_exactly(
         assert few[step] + uneven[step] == pytest.approx(1.0)
     assert sum(few.values()) / len(few) > 0.7  # weights are honoured (expected 0.898)
     assert min(uneven.values()) < max(uneven.values())  # drawn, not a fixed split
+    # Checkpoints (and so exports) carry the mixture's pooled statistics.
+    state = checkpoint.read_state(str(full.out / "checkpoints"), "global_step8")
+    mixture = mix_manifests(
+        "m", [read_manifest(str(few_shard_set)), read_manifest(str(uneven_shard_set))], [4, 0.25]
+    )
+    assert state.stats == mixture.stats.to_dict()
 
     # Resume from the step-4 checkpoint of the same run: steps 5-8 replay it exactly.
     out = tmp_path / "resumed"
@@ -50,7 +57,7 @@ def test_mixture_logs_per_source_shares_and_resumes_exactly(
     (out / "checkpoints" / checkpoint.LATEST).write_text("global_step4")
     resumed = run_pretrain(out, "''", procs=None, settings=settings, resume=True)
     assert resumed.returncode == 0, resumed.log[-3000:]
-    assert "resumed from" in resumed.log
+    assert "resumed from" in resumed.log and "resuming on other data" not in resumed.log
     after = _scalars(out / "tensorboard")
     for tag in ("data/source/few", "data/source/uneven"):
         assert after[tag] == {step: ref[tag][step] for step in range(5, 9)}, tag
