@@ -174,6 +174,19 @@ def write_shard_set(
     return root
 
 
+def sample_ids(root: pathlib.Path) -> dict[bytes, str]:
+    """First feature row (bytes of float32) -> key, for every sample of a shard set: what a
+    batch's uncropped, unnormalized clip says about where it came from."""
+    ids = {}
+    for path in sorted(root.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".feat.npy"):
+                    feats = np.load(io.BytesIO(tar.extractfile(m).read()), allow_pickle=False)
+                    ids[feats[0].astype(np.float32).tobytes()] = m.name.split(".")[0]
+    return ids
+
+
 @pytest.fixture(scope="session")
 def shard_set(tmp_path_factory) -> pathlib.Path:
     """Six even train shards of 12 clips (72 clips) and two val shards: the trainer's data."""

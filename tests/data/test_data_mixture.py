@@ -4,14 +4,12 @@ seeded determinism, exact mid-epoch resume, equal batches per rank, per-source c
 
 from __future__ import annotations
 
-import io
 import itertools
-import tarfile
 
 import numpy as np
 import pytest
 import torch
-from fixtures_training import write_shard_set, write_view
+from fixtures_training import sample_ids, write_shard_set, write_view
 
 from musicoder.config import ConfigError, load_config
 from musicoder.data.mixture import (
@@ -32,15 +30,7 @@ BATCH, WORLD = 3, 2
 
 def _origins(*roots) -> dict[bytes, int]:
     """First feature row (bytes of float32) -> index of the shard set it is in."""
-    ids = {}
-    for n, root in enumerate(roots):
-        for path in sorted(root.glob("*.tar")):
-            with tarfile.open(path) as tar:
-                for m in tar.getmembers():
-                    if m.name.endswith(".feat.npy"):
-                        feats = np.load(io.BytesIO(tar.extractfile(m).read()), allow_pickle=False)
-                        ids[feats[0].astype(np.float32).tobytes()] = n
-    return ids
+    return {row: n for n, root in enumerate(roots) for row in sample_ids(root)}
 
 
 def _config(*sources: tuple, workers: int = 0) -> DataConfig:

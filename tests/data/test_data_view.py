@@ -3,31 +3,17 @@ the same number of batches, and a mid-epoch resume continues exactly."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
-from fixtures_training import write_view
+from fixtures_training import sample_ids, write_view
 
 from musicoder.data.stream import DataConfig, DataPosition, ShardStream
 from musicoder.model import MaskingConfig
 from musicoder.shardset.manifest import read_manifest
 
 BATCH, WORLD = 3, 2
-
-
-def _sample_ids(root) -> dict[bytes, str]:
-    """First feature row (bytes of float32) -> key, for every sample of a shard set."""
-    ids = {}
-    for path in sorted(root.glob("*.tar")):
-        with tarfile.open(path) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".feat.npy"):
-                    feats = np.load(io.BytesIO(tar.extractfile(m).read()), allow_pickle=False)
-                    ids[feats[0].astype(np.float32).tobytes()] = m.name.split(".")[0]
-    return ids
 
 
 def _stream(uri: str, rank: int) -> ShardStream:
@@ -54,7 +40,7 @@ def test_stream_over_view_skips_excluded_keys_and_resumes(uneven_shard_set, tmp_
     }
     write_view(tmp_path / "view.json", [(uneven_shard_set, by_shard)])
     uri = str(tmp_path / "view.json")
-    ids = _sample_ids(uneven_shard_set)
+    ids = sample_ids(uneven_shard_set)
     kept_total = 42 - len(excluded)
     per_rank = []
     for rank in range(WORLD):
