@@ -251,7 +251,7 @@ class ShardStream(IterableDataset):
         std = np.maximum(stats.std.astype(np.float32), STD_FLOOR)  # (C,)
         self._mean = torch.from_numpy(stats.mean.astype(np.float32)) if config.normalize else None
         self._inv_std = torch.from_numpy(1.0 / std) if config.normalize else None
-        self.batches_per_epoch = sum(parts[0].batches for parts in self._plans(0))  # every epoch
+        self.batches_per_epoch = sum(slot[0].batches for slot in self._plans(0))  # every epoch
         self._damaged: set[int] = set()  # checksum failures: excluded for the rest of the run
         self._verified: set[int] = set()  # shards this worker has checked (once is enough)
 

@@ -98,9 +98,9 @@ def check_inputs(
 ) -> Manifest:
     """Check what a run is given before any process group exists, so that every rank fails
     alike with a one-line error: the manifest or the mixture of `data.sources` (complete,
-    readable, one preset, the model's), the
-    DeepSpeed JSON (readable, no key the YAML owns) and, with `resume="auto"`, that a
-    checkpoint dir with a `latest` still has a complete tag.
+    readable, one feature preset, the model's), the DeepSpeed JSON (readable, no key the YAML
+    owns) and, with `resume="auto"`, that a checkpoint dir with a `latest` still has a complete
+    tag.
 
     Returns:
         The manifest (of the mixture, with `data.sources`).
@@ -285,8 +285,8 @@ class Pretrainer:
             self.state.position.epoch,
         )
         changed = data_change(self.state.config, self.config)
-        if changed:
-            log_rank_zero("%s", changed)
+        if changed and self.rank == 0:
+            log.warning("%s", changed)
 
     def _make_val_stream(self, manifest) -> ShardStream | None:
         if not manifest.val or self.config.train.val_every == 0:
