@@ -177,6 +177,10 @@ def test_sources_config_from_set_and_its_errors(uneven_shard_set, tmp_path, monk
         ("b", 1.0, "x"),
     ]
     assert cfg.data.manifest == ""
+    yaml = tmp_path / "mix.yaml"
+    yaml.write_text("data:\n  sources:\n    - {uri: a, weight: 0.5}\n    - uri: b\n      name: y\n")
+    from_file = load_config(PretrainConfig, [str(yaml)]).data.sources
+    assert [(s.uri, s.weight, s.name) for s in from_file] == [("a", 0.5, ""), ("b", 1.0, "y")]
     monkeypatch.chdir(tmp_path)  # neither set: the default shard set, shards/
     with pytest.raises(FileNotFoundError, match="shards/manifest.json: no manifest"):
         read_data(DataConfig())
