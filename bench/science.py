@@ -444,13 +444,15 @@ def main(argv: list[str] | None = None) -> int:
             args.cache / "science" / "logs" / "shard.log",
         )
     pre = [pretrain(args, work, shards, seed) for seed in range(args.pretrain_seeds)]
+    # Each seed pair has its own probe seed, which also draws the random-init encoder: the
+    # random-init baseline gets as many independent draws as the pre-trained encoder.
     jobs = [
-        (task, task_yaml, seed, head, probe_seed)
+        (task, task_yaml, seed, head, seed * args.probe_seeds + k)
         for task, rotations in _tasks(kit, args.folds).items()
         for task_yaml in rotations
         for seed in range(args.pretrain_seeds)
         for head in args.heads
-        for probe_seed in range(args.probe_seeds)
+        for k in range(args.probe_seeds)
     ]
 
     def one(job) -> dict:
