@@ -44,7 +44,8 @@ science-kit: $(STAMP)
 	$(PY) bench/science_kit.py
 
 # Real-audio science yardstick (DESIGN §12): kit, then shard -> pretrain x3 seeds -> export ->
-# probes x3 seeds on two tasks; writes the table into BENCHMARKS.md (hours on 2 cores).
+# probes on two tasks, 5 fold rotations x 3 probe seeds each; writes the table into
+# BENCHMARKS.md (hours on 2 cores; SCIENCE_ARGS='--probe-seeds 1 --heads linear' for a quicker run).
 bench-science: science-kit
 	$(PY) bench/science.py $(SCIENCE_ARGS)
 
