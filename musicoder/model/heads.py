@@ -60,12 +60,15 @@ class ModelOutput(NamedTuple):
         hidden_states: Per-layer states (see `EncoderOutput`) or None.
         projection: (B, projection_dim) projected clip-mean of `last_hidden`, or None without a
             projection head.
+        prediction: (B, T, hidden) the regression head's prediction of the teacher's targets,
+            or None without that head.
     """
 
     reconstruction: Tensor
     last_hidden: Tensor
     hidden_states: list[Tensor] | None = None
     projection: Tensor | None = None
+    prediction: Tensor | None = None
 
 
 class MusiCoder(nn.Module):
@@ -76,14 +79,21 @@ class MusiCoder(nn.Module):
         projection_dim: Width of a projection head for the contrastive term
             (`LossConfig.projection_dim`); 0 = none. Like the reconstruction head, it is not
             part of an export.
+        regressor: Add a linear head that predicts the teacher's targets from the last layer
+            (`LossConfig.teacher_weight` > 0); not part of an export either.
     """
 
-    def __init__(self, config: MusiCoderConfig, *, projection_dim: int = 0) -> None:
+    def __init__(
+        self, config: MusiCoderConfig, *, projection_dim: int = 0, regressor: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         self.encoder = MusiCoderEncoder(config)
         self.head = ReconstructionHead(config)
         self.projector = ProjectionHead(config, projection_dim) if projection_dim else None
+        self.regressor = nn.Linear(config.hidden, config.hidden) if regressor else None
+        if self.regressor is not None:
+            init_weights(self.regressor)
 
     def forward(
         self, x: Tensor, valid: Tensor, *, output_hidden_states: bool = False
@@ -107,4 +117,5 @@ class MusiCoder(nn.Module):
             last_hidden=enc.last_hidden,
             hidden_states=enc.hidden_states,
             projection=projection,
+            prediction=None if self.regressor is None else self.regressor(enc.last_hidden),
         )

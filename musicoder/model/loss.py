@@ -10,7 +10,10 @@ times that weight: the model must then also pass each frame's own content throug
 layer, not only what the context predicts of it (docs/decisions.md has the measured effect).
 
 `LossConfig.contrastive_weight` (0 in the paper) adds a contrastive term between the two halves
-of each crop (`musicoder.model.contrastive`); `pretraining_loss` combines the parts.
+of each crop (`musicoder.model.contrastive`); `LossConfig.teacher_weight` (0 in the paper) adds
+the regression onto an EMA teacher's states (`musicoder.model.teacher`), and
+`LossConfig.reconstruction_weight` (1 in the paper) scales the reconstruction part.
+`pretraining_loss` combines the parts.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import Tensor
 from musicoder.model.batch import Batch
 from musicoder.model.contrastive import contrastive_loss
 from musicoder.model.heads import ModelOutput
+from musicoder.model.teacher import teacher_loss
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +45,45 @@ class LossConfig:
             frames, which must be even) and gains a projection head that is not exported.
         contrastive_temperature: Softmax temperature of that term.
         contrastive_dim: Width of the projection head's output.
+        reconstruction_weight: Weight of the whole reconstruction part (masked cells and
+            `visible_weight` x visible cells); 1 = the paper. At 0 the reconstruction head stays
+            in the model (and in validation's diagnostics) but learns nothing.
+        teacher_weight: Weight of the mean squared error between a regression head on the last
+            layer and an EMA teacher's targets for the unmasked clip; 0 = none (the paper).
+            Above 0 the model gains that head (not exported) and training keeps an fp32 teacher.
+        teacher_decay: EMA decay of the teacher per optimizer step (0.999: a memory of about
+            1,000 steps).
+        teacher_layers: How many of the teacher's last layer outputs a target averages; 0 = all.
     """
 
     visible_weight: float = 0.0
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
     contrastive_dim: int = 128
+    reconstruction_weight: float = 1.0
+    teacher_weight: float = 0.0
+    teacher_decay: float = 0.999
+    teacher_layers: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("visible_weight", "contrastive_weight"):
+        weights = (
+            "visible_weight",
+            "contrastive_weight",
+            "reconstruction_weight",
+            "teacher_weight",
+        )
+        for key in weights:
             if not 0.0 <= getattr(self, key):
                 raise ValueError(f"loss.{key}: must be >= 0, got {getattr(self, key)!r}")
+        if not (self.reconstruction_weight or self.contrastive_weight or self.teacher_weight):
+            raise ValueError(
+                "loss: reconstruction_weight, contrastive_weight and teacher_weight are all 0; "
+                "nothing would be trained"
+            )
+        if not 0.0 <= self.teacher_decay < 1.0:
+            raise ValueError(f"loss.teacher_decay: must be in [0, 1), got {self.teacher_decay!r}")
+        if self.teacher_layers < 0:
+            raise ValueError(f"loss.teacher_layers: must be >= 0, got {self.teacher_layers!r}")
         if not self.contrastive_temperature > 0:
             raise ValueError(
                 f"loss.contrastive_temperature: must be > 0, got {self.contrastive_temperature!r}"
@@ -78,6 +110,7 @@ class LossOutput:
         cfm_cells: Number of CFM cells (frames x channels).
         ccm_cells: Number of CCM cells (valid frames x channels).
         contrastive: Scalar contrastive term, or None when it is off (see `pretraining_loss`).
+        teacher: Scalar teacher term, or None when it is off.
     """
 
     total: Tensor
@@ -87,6 +120,7 @@ class LossOutput:
     cfm_cells: int
     ccm_cells: int
     contrastive: Tensor | None = None
+    teacher: Tensor | None = None
 
 
 def _masked_mean(error: Tensor, cells: Tensor) -> tuple[Tensor, int]:
@@ -143,24 +177,42 @@ def reconstruction_loss(
     )
 
 
-def pretraining_loss(out: ModelOutput, batch: Batch, config: LossConfig) -> LossOutput:
-    """The training loss of `config`: reconstruction, plus the contrastive term when it is on.
+def pretraining_loss(
+    out: ModelOutput, batch: Batch, config: LossConfig, targets: Tensor | None = None
+) -> LossOutput:
+    """The training loss of `config`: reconstruction times `reconstruction_weight`, plus the
+    contrastive and teacher terms when they are on.
 
     Args:
-        out: Model output for `batch` (with `projection` when `config.contrastive_weight` > 0).
+        out: Model output for `batch` (with `projection` when `config.contrastive_weight` > 0,
+            `prediction` when `config.teacher_weight` > 0).
         batch: The masked batch the model saw (halves, when the contrastive term is on).
         config: Loss knobs.
+        targets: `(B, T, hidden)` teacher targets for `batch` (`teacher_targets`), needed when
+            `config.teacher_weight` > 0.
+
+    Raises:
+        ValueError: A term is on but its head output or targets are missing.
     """
     loss = reconstruction_loss(
         out.reconstruction.float(), batch, visible_weight=config.visible_weight
     )
-    if not config.contrastive_weight:
-        return loss
-    if out.projection is None:
-        raise ValueError("pretraining_loss: loss.contrastive_weight > 0 needs a projection head")
-    term = contrastive_loss(
-        out.projection, batch.valid, temperature=config.contrastive_temperature
-    )
-    return dataclasses.replace(
-        loss, total=loss.total + config.contrastive_weight * term, contrastive=term
-    )
+    total = config.reconstruction_weight * loss.total  # at 0 still in the graph: zero grads
+    contrastive = teacher = None
+    if config.contrastive_weight:
+        if out.projection is None:
+            raise ValueError(
+                "pretraining_loss: loss.contrastive_weight > 0 needs a projection head"
+            )
+        contrastive = contrastive_loss(
+            out.projection, batch.valid, temperature=config.contrastive_temperature
+        )
+        total = total + config.contrastive_weight * contrastive
+    if config.teacher_weight:
+        if out.prediction is None or targets is None:
+            raise ValueError(
+                "pretraining_loss: loss.teacher_weight > 0 needs a regression head and targets"
+            )
+        teacher = teacher_loss(out.prediction, targets, batch.valid)
+        total = total + config.teacher_weight * teacher
+    return dataclasses.replace(loss, total=total, contrastive=contrastive, teacher=teacher)

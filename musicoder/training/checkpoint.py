@@ -35,6 +35,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "musicoder_state.json"
 UNIVERSAL_SUFFIX = "_universal"
+TEACHER_FILE = "teacher.safetensors"  # the EMA teacher of `loss.teacher_weight`, rank 0 writes it
 UNIVERSAL_DONE = "musicoder_universal_done"
 FILE_LIST = "musicoder_files.json"  # {relative path: size in bytes}, written last in a tag
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
@@ -159,10 +160,12 @@ def complete_tag(ckpt_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
     return None, torn
 
 
-def save(engine, ckpt_dir: str, state: ClientState, *, keep_last: int) -> str:
+def save(engine, ckpt_dir: str, state: ClientState, *, keep_last: int, teacher=None) -> str:
     """Save a checkpoint on every rank, then publish it as `latest` and prune old ones.
 
-    Must be called on all ranks together. Returns the tag.
+    Must be called on all ranks together. Returns the tag. `teacher` (the EMA teacher of
+    `loss.teacher_weight`, identical on every rank) is written by rank 0 as `TEACHER_FILE`
+    before the file list, so a tag without it is torn.
     """
     import torch.distributed as dist
 
@@ -189,6 +192,11 @@ def save(engine, ckpt_dir: str, state: ClientState, *, keep_last: int) -> str:
         save_latest=False,
         client_state={"musicoder": state.to_dict(), UNIVERSAL_CHECKPOINT_INFO: universal},
     )
+    if rank0 and teacher is not None:
+        import safetensors.torch
+
+        weights = {k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}
+        safetensors.torch.save_file(weights, os.path.join(tag_dir, TEACHER_FILE))
     dist.barrier()  # every rank's shards are on disk before the tag counts
     if rank0:
         write_file_list(tag_dir)
@@ -197,6 +205,25 @@ def save(engine, ckpt_dir: str, state: ClientState, *, keep_last: int) -> str:
         log.info("saved checkpoint %s", tag_dir)
     dist.barrier()
     return tag
+
+
+def load_teacher(ckpt_dir: str, tag: str, teacher) -> bool:
+    """Load the EMA teacher saved with `tag` (a universal tag reads its source tag's file).
+
+    Returns:
+        False when the tag has none (the teacher term was off when it was saved).
+    """
+    import safetensors.torch
+
+    path = os.path.join(ckpt_dir, tag.removesuffix(UNIVERSAL_SUFFIX), TEACHER_FILE)
+    if not os.path.exists(path):
+        return False
+    teacher.load_state_dict(safetensors.torch.load_file(path, device=str(_device(teacher))))
+    return True
+
+
+def _device(module):
+    return next(module.parameters()).device
 
 
 def prune(ckpt_dir: str, keep_last: int) -> None:

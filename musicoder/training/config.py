@@ -90,8 +90,13 @@ class PretrainConfig:
         return variant_config(self.variant, **dict(self.model))
 
     def build_model(self) -> MusiCoder:
-        """The pre-training model of this config (encoder, reconstruction and projection heads)."""
-        return MusiCoder(self.model_config(), projection_dim=self.loss.projection_dim)
+        """The pre-training model of this config (encoder, reconstruction head, and the
+        projection and regression heads its loss terms need)."""
+        return MusiCoder(
+            self.model_config(),
+            projection_dim=self.loss.projection_dim,
+            regressor=bool(self.loss.teacher_weight),
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:

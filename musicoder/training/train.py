@@ -41,6 +41,7 @@ from musicoder.model import (
 from musicoder.model.baselines import BASELINES, baseline_losses
 from musicoder.model.contrastive import contrastive_loss, pair_accuracy
 from musicoder.model.loss import LossOutput
+from musicoder.model.teacher import ema_update, make_teacher, teacher_loss, teacher_targets
 from musicoder.shardset.manifest import Manifest, check_preset
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
@@ -72,12 +73,13 @@ class StepMetrics:
     cfm: torch.Tensor  # () CFM part
     ccm: torch.Tensor  # () CCM part
     contrastive: torch.Tensor  # () contrastive term (0 when off)
+    teacher: torch.Tensor  # () teacher term (0 when off)
     frames: int = 0
 
     @classmethod
     def zeros(cls, device: torch.device) -> StepMetrics:
         """Empty sums on `device`."""
-        return cls(*(torch.zeros((), device=device) for _ in range(4)))
+        return cls(*(torch.zeros((), device=device) for _ in range(5)))
 
     def add(self, loss: LossOutput, frames: int) -> None:
         """Add one micro batch's losses (detached) and valid frames."""
@@ -86,11 +88,13 @@ class StepMetrics:
         self.ccm += loss.ccm.detach()
         if loss.contrastive is not None:
             self.contrastive += loss.contrastive.detach()
+        if loss.teacher is not None:
+            self.teacher += loss.teacher.detach()
         self.frames += frames
 
     def losses(self) -> torch.Tensor:
-        """`(4,)` float64 on the device: total, CFM, CCM, contrastive."""
-        return torch.stack([self.loss, self.cfm, self.ccm, self.contrastive]).double()
+        """`(5,)` float64 on the device: total, CFM, CCM, contrastive, teacher."""
+        return torch.stack([self.loss, self.cfm, self.ccm, self.contrastive, self.teacher]).double()
 
 
 def check_inputs(
@@ -156,6 +160,7 @@ class Pretrainer:
         self.state = checkpoint.ClientState()
         self.stop_requested = False
         self.engine = None
+        self.teacher = None  # the EMA teacher of `loss.teacher_weight` (fp32, beside the engine)
         self.tb: TrainLogger | None = None
         self._batches = None
         self._skipped: dict[int, int] = {}  # bad samples skipped this epoch, per loader worker
@@ -192,10 +197,12 @@ class Pretrainer:
         # draws partitions in another order; xl still fits host memory when built whole).
         torch.manual_seed(tcfg.seed)
         model = cfg.build_model()
+        teacher = make_teacher(model.encoder) if cfg.loss.teacher_weight else None
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=model.parameters(), config=ds_cfg
         )
         self.device, self.dtype = self.engine.device, DTYPES[tcfg.precision]
+        self.teacher = None if teacher is None else teacher.to(self.device)
         self.stream = ShardStream(
             manifest,
             cfg.data,
@@ -277,6 +284,11 @@ class Pretrainer:
         if path is None:
             raise FileNotFoundError(f"{os.path.join(self.ckpt_dir, tag)}: cannot load checkpoint")
         self.state = checkpoint.read_state(self.ckpt_dir, tag)
+        if self.teacher is not None and not checkpoint.load_teacher(
+            self.ckpt_dir, tag, self.teacher
+        ):
+            log_rank_zero("checkpoint %s has no teacher: it starts from the resumed encoder", tag)
+            self._update_teacher(decay=0.0)
         self.stream.set_position(self.state.position)
         log_rank_zero(
             "resumed from %s at step %d (epoch %d)",
@@ -351,10 +363,12 @@ class Pretrainer:
                 target = self._model_batch(target)
                 inputs = target.masked_input
                 out = engine(inputs, target.valid)
-                loss = pretraining_loss(out, target, self.config.loss)
+                loss = pretraining_loss(out, target, self.config.loss, self._targets(target))
                 engine.backward(loss.total)
                 engine.step()
                 metrics.add(loss, info.frames)  # stays on the device: no host sync here
+            if self.teacher is not None:  # once per optimizer step
+                self._update_teacher(self.config.loss.teacher_decay)
             # One collective per step, as stopping must be agreed on every step anyway.
             frames, new_damaged, skipped, s3_retries, stop = self._all_sum(
                 [
@@ -409,6 +423,32 @@ class Pretrainer:
         if self.config.loss.contrastive_weight:
             return split_halves(batch, inputs)
         return dataclasses.replace(batch, masked_input=inputs)
+
+    def _update_teacher(self, decay: float) -> None:
+        """EMA step of the teacher towards the encoder; under ZeRO-3 the encoder's partitioned
+        parameters are gathered for it (one all-gather, as for a forward pass)."""
+        import contextlib
+
+        import deepspeed
+
+        encoder = self.engine.module.encoder
+        params = list(encoder.parameters())
+        partitioned = any(hasattr(p, "ds_id") for p in params)
+        gather = (
+            deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+            if partitioned
+            else contextlib.nullcontext()
+        )
+        with gather:
+            ema_update(self.teacher, encoder, decay)
+
+    def _targets(self, batch: Batch) -> torch.Tensor | None:
+        """The teacher's targets for a model batch; None when the teacher term is off."""
+        if self.teacher is None:
+            return None
+        return teacher_targets(
+            self.teacher, batch.features, batch.valid, self.config.loss.teacher_layers
+        )
 
     def _check_damaged(self) -> None:
         """Merge the damaged shards of all ranks (one MAX all-reduce over a flag per shard) and
@@ -465,7 +505,7 @@ class Pretrainer:
         frames_per_s = frames / elapsed
         tflops = flops_per_frame(self.model_config, seq_len) * frames_per_s / 1e12 / self.world
         norm = self.engine.get_global_grad_norm()
-        total, cfm, ccm, contrastive = (value / n for value in losses)
+        total, cfm, ccm, contrastive, teacher = (value / n for value in losses)
         values = {
             "loss/total": total,
             "loss/cfm": cfm,
@@ -483,6 +523,8 @@ class Pretrainer:
         }
         if self.config.loss.contrastive_weight:
             values["loss/contrastive"] = contrastive
+        if self.teacher is not None:
+            values["loss/teacher"] = teacher
         if len(self.sources) > 1:  # share of each source in the samples since the last log
             drawn = self._all_sum(self._drawn)
             self._drawn = [0] * len(self.sources)
@@ -514,6 +556,7 @@ class Pretrainer:
         names = ["loss/val", "val/cfm", "val/ccm"]
         names += [f"val/{part}_{b}" for b in BASELINES for part in ("cfm", "ccm")]
         names += ["val/contrastive", "val/pair_accuracy"] if contrastive else []
+        names += ["val/teacher"] if self.teacher is not None else []
         sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=self.device)
         for i, (batch, _) in enumerate(self.val_stream):
             if i >= self.config.data.val_max_batches:
@@ -530,6 +573,8 @@ class Pretrainer:
                     contrastive_loss(out.projection, target.valid, temperature=temperature),
                     pair_accuracy(out.projection),
                 ]
+            if self.teacher is not None:
+                parts.append(teacher_loss(out.prediction, self._targets(target), target.valid))
             sums[:-1] += torch.stack(
                 [torch.as_tensor(p, dtype=torch.float64, device=self.device) for p in parts]
             )
@@ -551,7 +596,11 @@ class Pretrainer:
     def save(self) -> str:
         """Checkpoint on every rank (collective); returns the tag."""
         tag = checkpoint.save(
-            self.engine, self.ckpt_dir, self.state, keep_last=self.config.train.keep_last
+            self.engine,
+            self.ckpt_dir,
+            self.state,
+            keep_last=self.config.train.keep_last,
+            teacher=self.teacher,
         )
         self.tb.flush()
         return tag

@@ -250,3 +250,32 @@ def test_contrastive_run_trains_on_halves_and_exports_the_encoder_only(shard_set
     assert weights and not any(name.startswith(("projector", "head")) for name in weights)
     meta = json.loads((tmp_path / "export" / "config.json").read_text())
     assert meta["model"]["max_frames"] == 32
+
+
+@pytest.mark.integration
+def test_teacher_run_resumes_its_teacher_exactly_and_exports_the_encoder_only(shard_set, tmp_path):
+    # A fast teacher (decay 0.5): had resume restarted it from the initial weights, the
+    # resumed losses would be far off the uninterrupted run's.
+    settings = ["loss.teacher_weight=1", "loss.reconstruction_weight=0.5", "loss.teacher_decay=0.5"]
+    full = run_pretrain(tmp_path / "full", str(shard_set), settings=settings)
+    assert full.returncode == 0, full.log[-3000:]
+    ckpt = full.out / "checkpoints"
+    listed = json.loads((ckpt / "global_step16" / checkpoint.FILE_LIST).read_text())
+    assert checkpoint.TEACHER_FILE in listed
+    reference = _events(full.out / "tensorboard")
+    assert set(_scalar(reference, "loss/teacher")) == set(range(1, 17))
+    assert _scalar(reference, "val/teacher")[16] > 0
+
+    out = tmp_path / "resumed"
+    shutil.copytree(full.out, out, ignore=shutil.ignore_patterns("tensorboard", "global_step16"))
+    (out / "checkpoints" / checkpoint.LATEST).write_text("global_step12")
+    run = run_pretrain(out, str(shard_set), settings=settings, resume=True)
+    assert run.returncode == 0, run.log[-3000:]
+    resumed = _events(out / "tensorboard")
+    for tag in ("loss/total", "loss/teacher"):
+        after, ref = _scalar(resumed, tag), _scalar(reference, tag)
+        assert sorted(after) == [13, 14, 15, 16]
+        for step, value in after.items():
+            assert value == pytest.approx(ref[step], rel=1e-3, abs=1e-6), (tag, step)
+    weights = _export(out, tmp_path / "export")
+    assert weights and not any(name.startswith(("regressor", "head")) for name in weights)
