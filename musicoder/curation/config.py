@@ -13,8 +13,9 @@ class MatchConfig:
     Attributes:
         bands: MinHash values per sample, one LSH band each; a pair sharing any band is verified
             (24: a 5 s-trimmed copy's segment, token Jaccard ~0.15, is a candidate with ~98%).
-        partitions: LSH bucket records are spilled to this many files on local disk by key hash
-            and grouped one partition at a time (memory ~ records / partitions).
+        partitions: LSH bucket records (16 bytes per band and sample) and then candidate pairs
+            are spilled to this many files each on local disk and handled one file at a time:
+            memory ~ 384 bytes x samples / partitions (64: ~60 MB a file at 10M samples).
         max_bucket: a bucket with more samples pairs each only with its next ``max_bucket``
             neighbours (sorted by sample), so a value shared by thousands of samples (stationary
             sound) costs linear, not quadratic, work.
@@ -30,7 +31,7 @@ class MatchConfig:
     """
 
     bands: int = 24
-    partitions: int = 16
+    partitions: int = 64
     max_bucket: int = 64
     max_bit_error: float = 0.2
     min_overlap_seconds: float = 5.0

@@ -4,11 +4,15 @@ by aligned fingerprints, then grouped per source file (DESIGN §13).
 `Deduper.add` takes samples one at a time: it appends the decoded fingerprint to a flat file on
 local disk (read back through a memmap, so resident memory does not grow with the corpus) and
 the sample's MinHash records (band key, sample, frame; 16 bytes each) to one of `partitions`
-files chosen by key hash. `Deduper.matches` then loads one partition at a time, sorts it by key
-(numpy), and every run of equal keys is an LSH bucket whose members become candidate pairs
-(each member with its next `max_bucket` neighbours). Each candidate is verified once by the
-bit error rate of the two fingerprints aligned at the offset its shared frames imply. Memory is
-one partition of records plus the set of checked pairs; disk is ~1 kB per 30 s sample.
+files chosen by key hash. `Deduper.matches` then works in two passes, each over one partition
+file at a time. First it sorts each record partition by key (numpy): every run of equal keys is
+an LSH bucket whose members become candidate pairs (each member with its next `max_bucket`
+neighbours), spilled as (pair, offset) records to pair partitions by pair. Then it sorts each
+pair partition, keeps each pair's first occurrence (a pair shares several bands), and verifies
+it once by the bit error rate of the two fingerprints aligned at the offset its shared frames
+imply. Memory is one partition of either kind, never a set of all pairs: chance candidates
+grow with the square of the corpus (0.3M at 1M samples, ~30M at 10M), so an in-memory set of
+checked pairs would not be bounded. Disk is ~1 kB per 30 s sample plus 12 bytes a candidate.
 
 `group_sources` turns verified sample matches into groups of source files: two files are copies
 when matched samples cover `min_coverage` of the shorter one (a 30 s excerpt of a track counts),
@@ -28,6 +32,9 @@ from musicoder.curation.config import MatchConfig
 from musicoder.curation.fingerprint import FRAME_SECONDS, band_seeds, best_alignment, minhash
 
 RECORD = np.dtype([("key", "<u8"), ("sample", "<u4"), ("frame", "<i4")])
+PAIR = np.dtype(
+    [("pair", "<u8"), ("offset", "<i4")]
+)  # pair = i << 32 | j, offset = frame_i - frame_j
 FLUSH_RECORDS = 1 << 18  # records buffered in memory before they go to the partition files
 _BAND_SHIFT = np.uint64(56)  # the band number occupies a key's top 8 bits
 
@@ -75,6 +82,9 @@ class Deduper:
     def _partition_path(self, p: int) -> str:
         return os.path.join(self.work_dir, f"lsh-{p:04d}.rec")
 
+    def _pairs_path(self, p: int) -> str:
+        return os.path.join(self.work_dir, f"pairs-{p:04d}.rec")
+
     def _flush(self) -> None:
         records = self._buffer[: self._buffered]
         part = records["key"] % np.uint64(self.config.partitions)
@@ -90,19 +100,14 @@ class Deduper:
         self._values.close()
         offsets = np.frombuffer(self._offsets, dtype=np.int64)
         sources = np.frombuffer(self._sources, dtype=np.int64)
+        self._spill_candidates(sources)
         path = self._values.name
         values = np.memmap(path, np.uint32, "r") if offsets[-1] else np.zeros(0, np.uint32)
-        checked: set[tuple[int, int]] = set()
         for p in range(self.config.partitions):
-            if not os.path.exists(self._partition_path(p)):
-                continue
-            records = np.fromfile(self._partition_path(p), RECORD)
-            records = records[np.lexsort((records["sample"], records["key"]))]
-            for i, j, offset in _bucket_pairs(records, self.config.max_bucket):
-                if sources[i] == sources[j] or (i, j) in checked:
-                    continue
-                checked.add((i, j))
-                self.candidates += 1
+            pairs = _first_of_each_pair(_read_and_remove(self._pairs_path(p), PAIR))
+            self.candidates += len(pairs)
+            for pair, offset in zip(pairs["pair"].tolist(), pairs["offset"].tolist(), strict=True):
+                i, j = pair >> 32, pair & 0xFFFFFFFF
                 a = values[offsets[i] : offsets[i + 1]]
                 b = values[offsets[j] : offsets[j + 1]]
                 rate, _, _ = best_alignment(a, b, offset, self.min_frames)
@@ -110,24 +115,61 @@ class Deduper:
                     self.verified += 1
                     yield i, j
 
+    def _spill_candidates(self, sources: np.ndarray) -> None:
+        """First pass: each record partition's bucket pairs of samples from different sources,
+        appended to the pair partitions (by `j`, spread evenly: sample ids are sequential)."""
+        for p in range(self.config.partitions):
+            records = _read_and_remove(self._partition_path(p), RECORD)
+            records = records[np.lexsort((records["sample"], records["key"]))]
+            pairs = bucket_pairs(records, self.config.max_bucket)
+            i, j = pairs["pair"] >> np.uint64(32), pairs["pair"] & np.uint64(0xFFFFFFFF)
+            pairs = pairs[sources[i.astype(np.int64)] != sources[j.astype(np.int64)]]
+            part = pairs["pair"] % np.uint64(self.config.partitions)
+            for q in np.unique(part):
+                with open(self._pairs_path(int(q)), "ab") as f:
+                    pairs[part == q].tofile(f)
 
-def _bucket_pairs(records: np.ndarray, window: int) -> Iterator[tuple[int, int, int]]:
-    """`(i, j, frame_i - frame_j)` for members of each run of equal keys (sorted by sample),
-    each paired with its next `window` members."""
-    keys = records["key"]
-    if len(keys) < 2:
-        return
-    same = keys[1:] == keys[:-1]
-    starts = np.flatnonzero(same & ~np.concatenate([[False], same[:-1]]))
-    for start in starts:
-        stop = start + 1
-        while stop < len(keys) and keys[stop] == keys[start]:
-            stop += 1
-        samples, frames = records["sample"][start:stop], records["frame"][start:stop]
-        for x in range(len(samples)):
-            for y in range(x + 1, min(len(samples), x + 1 + window)):
-                if samples[x] != samples[y]:
-                    yield int(samples[x]), int(samples[y]), int(frames[x]) - int(frames[y])
+
+def _read_and_remove(path: str, dtype: np.dtype) -> np.ndarray:
+    """A partition file's records (none when it does not exist); the file is deleted, as each
+    is read once."""
+    if not os.path.exists(path):
+        return np.zeros(0, dtype)
+    records = np.fromfile(path, dtype)
+    os.remove(path)
+    return records
+
+
+def _first_of_each_pair(pairs: np.ndarray) -> np.ndarray:
+    """Each distinct pair once, with the offset of its first occurrence (stable sort)."""
+    pairs = pairs[np.argsort(pairs["pair"], kind="stable")]
+    first = np.ones(len(pairs), dtype=bool)
+    first[1:] = pairs["pair"][1:] != pairs["pair"][:-1]
+    return pairs[first]
+
+
+def bucket_pairs(records: np.ndarray, window: int) -> np.ndarray:
+    """Candidate pairs of records sorted by (key, sample): each member of a run of equal keys
+    with its next `window` members, as `PAIR` records (`i < j`, offset `frame_i - frame_j`).
+
+    Vectorized by distance: records `x` and `x + d` are in one bucket exactly when their keys
+    are equal, since equal keys are contiguous; most buckets hold one or two samples, so the
+    loop over `d` stops after a few rounds.
+    """
+    keys, found = records["key"], []
+    for d in range(1, window + 1):
+        x = np.flatnonzero(keys[d:] == keys[:-d]) if len(keys) > d else np.zeros(0, np.int64)
+        if not len(x):
+            break
+        a, b = records[x], records[x + d]
+        keep = a["sample"] != b["sample"]
+        pairs = np.empty(int(keep.sum()), PAIR)
+        pairs["pair"] = (a["sample"][keep].astype(np.uint64) << np.uint64(32)) | b["sample"][
+            keep
+        ].astype(np.uint64)
+        pairs["offset"] = a["frame"][keep] - b["frame"][keep]
+        found.append(pairs)
+    return np.concatenate(found) if found else np.zeros(0, PAIR)
 
 
 def group_sources(

@@ -1,0 +1,77 @@
+"""Tests for musicoder/curation/dedup.py: LSH bucket pairs and the two-pass, spilled matching
+(synthetic Chromaprint-like fingerprints; tests/curation/test_curation_job.py has real audio)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from musicoder.curation.config import MatchConfig
+from musicoder.curation.dedup import PAIR, RECORD, Deduper, bucket_pairs
+
+FRAMES = 221  # a 30 s segment
+
+
+def _sorted_records(rng: np.random.Generator, n: int, keys: int) -> np.ndarray:
+    records = np.zeros(n, RECORD)
+    records["key"] = rng.integers(0, keys, n)
+    records["sample"] = rng.permutation(n)
+    records["frame"] = rng.integers(0, FRAMES, n)
+    return records[np.lexsort((records["sample"], records["key"]))]
+
+
+def _reference(records: np.ndarray, window: int) -> set[tuple[int, int, int]]:
+    """Brute force: every pair in a bucket whose members are at most `window` apart."""
+    found = set()
+    for _, run in itertools.groupby(records.tolist(), key=lambda r: r[0]):
+        run = list(run)
+        for x, y in itertools.combinations(range(len(run)), 2):
+            if y - x <= window:
+                found.add((run[x][1], run[y][1], run[x][2] - run[y][2]))
+    return found
+
+
+@pytest.mark.parametrize("window", [1, 3, 64])
+def test_bucket_pairs_equal_the_brute_force_pairs_within_the_window(window):
+    records = _sorted_records(np.random.default_rng(window), 3000, keys=400)
+    pairs = bucket_pairs(records, window)
+    assert pairs.dtype == PAIR
+    got = {(int(p >> 32), int(p & 0xFFFFFFFF), int(o)) for p, o in pairs.tolist()}
+    assert len(got) == len(pairs)
+    assert got == _reference(records, window) and len(got) > 1000
+    assert all(i < j for i, j, _ in got)
+
+
+def test_bucket_pairs_of_distinct_keys_are_empty():
+    records = _sorted_records(np.random.default_rng(0), 50, keys=2**60)
+    assert len(bucket_pairs(records, 64)) == 0
+    assert len(bucket_pairs(records[:0], 64)) == 0
+
+
+def _flip(values: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
+    flips = rng.random((len(values), 32)) < share
+    mask = (flips * (1 << np.arange(32, dtype=np.uint64))).sum(1).astype(np.uint32)
+    return values ^ mask
+
+
+def test_deduper_finds_planted_near_copies_once_and_cleans_its_spill_files(tmp_path):
+    rng = np.random.default_rng(0)
+    originals = [rng.integers(0, 2**32, FRAMES, dtype=np.uint32) for _ in range(300)]
+    deduper = Deduper(MatchConfig(partitions=4), str(tmp_path))
+    for k, values in enumerate(originals):
+        deduper.add(values, source=k)
+    planted = set()
+    for k in range(0, 300, 10):  # 30 copies: trimmed by 0-40 frames, 3% of bits flipped
+        shift = int(rng.integers(0, 40))
+        deduper.add(_flip(originals[k][shift:], rng, 0.03), source=300 + k)
+        planted.add((k, len(deduper.usable) - 1))
+    deduper.add(originals[5].copy(), source=5)  # same source as sample 5: never a pair
+    found = list(deduper.matches())
+    assert len(found) == len(set(found))  # each pair once, though it shares several bands
+    assert set(found) == planted
+    assert deduper.verified == len(found) <= deduper.candidates
+    left = sorted(os.listdir(tmp_path))
+    assert left == ["fingerprints.u32"]  # partition files are read once and removed
