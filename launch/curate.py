@@ -1,4 +1,4 @@
-"""Curate shard sets into a view: drop duplicate recordings and bad audio without rewriting tars (DESIGN §11, §13).
+r"""Curate shard sets into a view: drop duplicate recordings and bad audio without rewriting tars (DESIGN §11, §13).
 
 Commands:
     python launch/curate.py --input shards/corpus --output shards/corpus-clean --dedup
@@ -42,10 +42,27 @@ CONFIG_FLAGS = {
     "--input": dict(dest="inputs", action="append", metavar="URI", help="shard set; repeatable"),
     "--output": dict(dest="output", metavar="URI", help="folder or s3:// prefix for the view"),
     "--dedup": dict(dest="dedup", action="store_true", default=None, help="drop duplicate files"),
-    "--max-silence": dict(dest="max_silence", type=float, metavar="F", help="near-silent share"),
-    "--max-clipped": dict(dest="max_clipped", type=float, metavar="F", help="clipped share"),
-    "--min-loudness": dict(dest="min_loudness_dbfs", type=float, metavar="DBFS", help="level"),
-    "--work-dir": dict(dest="work_dir", metavar="DIR", help="local scratch (system temp)"),
+    "--max-silence": dict(
+        dest="max_silence",
+        type=float,
+        metavar="F",
+        help="drop samples whose share of near-silent frames is above F (0-1)",
+    ),
+    "--max-clipped": dict(
+        dest="max_clipped",
+        type=float,
+        metavar="F",
+        help="drop samples whose share of clipped samples is above F (0-1)",
+    ),
+    "--min-loudness": dict(
+        dest="min_loudness_dbfs",
+        type=float,
+        metavar="DBFS",
+        help="drop samples quieter than this loudness (dBFS, e.g. -50)",
+    ),
+    "--work-dir": dict(
+        dest="work_dir", metavar="DIR", help="local scratch for dedup (default: system temp)"
+    ),
 }
 
 
