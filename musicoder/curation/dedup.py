@@ -10,7 +10,7 @@ an LSH bucket whose members become candidate pairs (each member with its next `m
 neighbours), spilled as (pair, offset) records to pair partitions by pair. Then it sorts each
 pair partition, keeps each pair's first occurrence (a pair shares several bands), and verifies
 it once by the bit error rate of the two fingerprints aligned at the offset its shared frames
-imply. Memory is one partition of either kind, never a set of all pairs: chance candidates
+imply, thousands of pairs per numpy call (`best_rates`). Memory is one partition of either kind, never a set of all pairs: chance candidates
 grow with the square of the corpus (0.3M at 1M samples, ~30M at 10M), so an in-memory set of
 checked pairs would not be bounded. Disk is ~1 kB per 30 s sample plus 12 bytes a candidate.
 
@@ -29,12 +29,14 @@ from collections.abc import Iterator
 import numpy as np
 
 from musicoder.curation.config import MatchConfig
-from musicoder.curation.fingerprint import FRAME_SECONDS, band_seeds, best_alignment, minhash
+from musicoder.curation.fingerprint import FRAME_SECONDS, band_seeds, best_rates, minhash
 
 RECORD = np.dtype([("key", "<u8"), ("sample", "<u4"), ("frame", "<i4")])
 PAIR = np.dtype(
     [("pair", "<u8"), ("offset", "<i4")]
 )  # pair = i << 32 | j, offset = frame_i - frame_j
+VERIFY_BATCH = 4096  # candidate pairs verified together (`best_rates`)
+VERIFY_CELLS = 1 << 21  # at most this many frames per row x rows in one batch
 FLUSH_RECORDS = 1 << 18  # records buffered in memory before they go to the partition files
 _BAND_SHIFT = np.uint64(56)  # the band number occupies a key's top 8 bits
 
@@ -103,17 +105,22 @@ class Deduper:
         self._spill_candidates(sources)
         path = self._values.name
         values = np.memmap(path, np.uint32, "r") if offsets[-1] else np.zeros(0, np.uint32)
+        lengths = np.diff(offsets)
         for p in range(self.config.partitions):
             pairs = _first_of_each_pair(_read_and_remove(self._pairs_path(p), PAIR))
             self.candidates += len(pairs)
-            for pair, offset in zip(pairs["pair"].tolist(), pairs["offset"].tolist(), strict=True):
-                i, j = pair >> 32, pair & 0xFFFFFFFF
-                a = values[offsets[i] : offsets[i + 1]]
-                b = values[offsets[j] : offsets[j + 1]]
-                rate, _, _ = best_alignment(a, b, offset, self.min_frames)
-                if rate <= self.config.max_bit_error:
+            i = (pairs["pair"] >> np.uint64(32)).astype(np.int64)
+            j = (pairs["pair"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            longest = int(max(lengths[i].max(initial=1), lengths[j].max(initial=1)))
+            batch = max(1, min(VERIFY_BATCH, VERIFY_CELLS // longest))
+            for start in range(0, len(pairs), batch):
+                part = slice(start, start + batch)
+                rates = best_rates(
+                    values, offsets, i[part], j[part], pairs["offset"][part], self.min_frames
+                )
+                for k in np.flatnonzero(rates <= self.config.max_bit_error).tolist():
                     self.verified += 1
-                    yield i, j
+                    yield int(i[part][k]), int(j[part][k])
 
     def _spill_candidates(self, sources: np.ndarray) -> None:
         """First pass: each record partition's bucket pairs of samples from different sources,

@@ -11,6 +11,7 @@ import pytest
 
 from musicoder.curation.config import MatchConfig
 from musicoder.curation.dedup import PAIR, RECORD, Deduper, bucket_pairs
+from musicoder.curation.fingerprint import best_alignment, best_rates
 
 FRAMES = 221  # a 30 s segment
 
@@ -75,3 +76,32 @@ def test_deduper_finds_planted_near_copies_once_and_cleans_its_spill_files(tmp_p
     assert deduper.verified == len(found) <= deduper.candidates
     left = sorted(os.listdir(tmp_path))
     assert left == ["fingerprints.u32"]  # partition files are read once and removed
+
+
+def test_best_rates_equal_best_alignment_pair_by_pair():
+    rng = np.random.default_rng(1)
+    prints, copies = [], []
+    for k in range(60):
+        n = int(rng.choice([1, 2, 9, 40, FRAMES]))
+        values = rng.integers(0, 2**32, n, dtype=np.uint32)
+        if k % 3 == 0 and n > 4:
+            values[: n // 2] = values[0]  # a held tone: frames that are not informative
+        if k % 4 == 1 and prints and len(prints[-1]) > 10:
+            values = _flip(prints[-1][7:], rng, 0.03)  # a trimmed near-copy of the previous
+            copies.append(k)
+        prints.append(values)
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in prints])]).astype(np.int64)
+    values = np.concatenate(prints)
+    i, j = np.triu_indices(len(prints), k=1)
+    offset = rng.integers(-12, 12, len(i))
+    i = np.concatenate([i, np.array(copies) - 1])  # and each near-copy at its true offset
+    j = np.concatenate([j, copies])
+    offset = np.concatenate([offset, np.full(len(copies), 7)])
+    rates = best_rates(values, offsets, i, j, offset, min_frames=8)
+    expected = [
+        best_alignment(prints[a], prints[b], int(o), 8)[0]
+        for a, b, o in zip(i.tolist(), j.tolist(), offset.tolist(), strict=True)
+    ]
+    np.testing.assert_allclose(rates, expected, rtol=0, atol=1e-12)
+    assert (rates[-len(copies) :] < 0.1).all() and len(copies) >= 5
+    assert (rates == 1.0).sum() > 100 and ((rates > 0.4) & (rates < 0.6)).sum() > 100
