@@ -63,3 +63,23 @@ def test_mixture_logs_per_source_shares_and_resumes_exactly(
         assert after[tag] == {step: ref[tag][step] for step in range(5, 9)}, tag
     for step, loss in after["loss/total"].items():
         assert loss == pytest.approx(ref["loss/total"][step], rel=1e-3, abs=1e-6), step
+
+
+@pytest.mark.integration
+def test_mixture_on_two_ranks_keeps_equal_batches_and_the_weights(
+    few_shard_set, uneven_shard_set, tmp_path
+):
+    # Two ranks with one loader worker each: 2 slots share each source (few has fewer shards
+    # than slots, so it is split by sample index); every rank must take the same batch count.
+    sources = (
+        f"data.sources=[{{uri: {few_shard_set}, weight: 4, name: few}}, "
+        f"{{uri: {uneven_shard_set}, weight: 0.25, name: uneven}}]"
+    )
+    run = run_pretrain(tmp_path / "run", "''", settings=(*STEPS, sources))
+    assert run.returncode == 0, run.log[-3000:]
+    state = checkpoint.read_state(str(run.out / "checkpoints"), "global_step8")
+    assert (state.step, state.world_size, state.samples_seen) == (8, 2, 8 * 4 * 2)
+    assert len(state.position.consumed) == 1 and state.position.world_size == 2
+    shares = _scalars(run.out / "tensorboard")["data/source/few"]
+    assert sorted(shares) == list(range(1, 9))
+    assert sum(shares.values()) / len(shares) > 0.7  # expected 0.898, over both ranks
