@@ -279,3 +279,17 @@ def test_teacher_run_resumes_its_teacher_exactly_and_exports_the_encoder_only(sh
             assert value == pytest.approx(ref[step], rel=1e-3, abs=1e-6), (tag, step)
     weights = _export(out, tmp_path / "export")
     assert weights and not any(name.startswith(("regressor", "head")) for name in weights)
+
+
+@pytest.mark.integration
+def test_teacher_under_zero3_is_updated_from_the_gathered_encoder(shard_set, tmp_path):
+    # Decay 0: after each step the teacher is a copy of the whole encoder, which ZeRO-3 keeps
+    # partitioned over the two ranks; the saved teacher must equal the exported encoder.
+    settings = ["loss.teacher_weight=1", "loss.teacher_decay=0", "train.max_steps=4"]
+    run = run_pretrain(tmp_path / "run", str(shard_set), zero=3, settings=settings)
+    assert run.returncode == 0, run.log[-3000:]
+    teacher = load_file(str(run.out / "checkpoints" / "global_step4" / checkpoint.TEACHER_FILE))
+    encoder = _export(run.out, tmp_path / "export")
+    assert teacher.keys() == encoder.keys() and len(teacher) > 10
+    for name, tensor in encoder.items():
+        torch.testing.assert_close(teacher[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
