@@ -48,6 +48,7 @@ ENCODERS = ("pretrained", "random_init")
 KEYS = {"genre": ("accuracy", "log_loss"), "tagging": ("roc_auc", "pr_auc", "log_loss")}
 LOWER_IS_BETTER = {"log_loss"}
 PROBE_LR_GRID = "[0.001,0.003,0.01]"  # each probe head's rate, chosen on the valid split
+MIN_SEED_PAIRS = 2  # a verdict needs a spread across seed pairs to compare a margin with
 SELECT_BY = "log_loss"  # the valid-split metric that picks a layer ("<model>@layer" rows)
 TRIVIAL = ("val/cfm", "val/cfm_interpolate", "val/cfm_clip_mean", "val/ccm", "val/ccm_interpolate")
 BEGIN, END = "<!-- science:begin -->", "<!-- science:end -->"
@@ -284,17 +285,19 @@ def summarize(runs: list[dict]) -> dict:
                     slot["effective_rank"] = [
                         _stats(v)["mean"] for _, v in sorted(slot["effective_rank"].items())
                     ]
-            per_head["verdict"] = _verdict(entry["kind"], per_head["models"])
+            runs = per_head["runs"]
+            per_head["verdict"] = _verdict(entry["kind"], per_head["models"], runs=runs)
             if "pretrained@layer" in per_head["models"]:
                 per_head["verdict_layer"] = _verdict(
-                    entry["kind"], per_head["models"], suffix="@layer"
+                    entry["kind"], per_head["models"], runs=runs, suffix="@layer"
                 )
     return out
 
 
-def _verdict(kind: str, models: dict, *, suffix: str = "") -> dict:
+def _verdict(kind: str, models: dict, *, runs: int, suffix: str = "") -> dict:
     """Test-split margins of the pre-trained probe (positive = better) against each baseline,
-    and whether each exceeds the larger of the two seed spreads. With `suffix="@layer"` the
+    and whether each exceeds the larger of the two seed spreads (`wins` None with fewer than
+    `MIN_SEED_PAIRS` seed pairs: one pair has no spread to exceed). With `suffix="@layer"` the
     encoders are compared at the layer each run chose on valid."""
     verdict = {}
     for key in KEYS[kind]:
@@ -307,13 +310,22 @@ def _verdict(kind: str, models: dict, *, suffix: str = "") -> dict:
             verdict[f"{key}_vs_{base}"] = {
                 "margin": margin,
                 "spread": spread,
-                "wins": bool(margin > spread),
+                "wins": bool(margin > spread) if runs >= MIN_SEED_PAIRS else None,
             }
     return verdict
 
 
 def _fmt(s: dict) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def _margins(verdict: dict) -> str:
+    """`key: +margin (spread s) ✔/✘` per comparison (no mark without a verdict)."""
+    marks = {True: " ✔", False: " ✘", None: ""}
+    return "; ".join(
+        f"{k}: {v['margin']:+.3f} (spread {v['spread']:.3f}){marks[v['wins']]}"
+        for k, v in verdict.items()
+    )
 
 
 def markdown(results: dict) -> str:
@@ -351,23 +363,15 @@ def markdown(results: dict) -> str:
                 + ", ".join(f"{m} {_fmt(v)}" for m, v in valid.items())
                 + ".",
             ]
-            wins = [
-                f"{k}: {v['margin']:+.3f} (spread {v['spread']:.3f}){' ✔' if v['wins'] else ' ✘'}"
-                for k, v in per_head["verdict"].items()
-            ]
-            lines += ["", "Margins: " + "; ".join(wins) + ".", ""]
+            note = "" if per_head["runs"] >= MIN_SEED_PAIRS else " (one seed pair: no verdict)"
+            lines += ["", f"Margins{note}: " + _margins(per_head["verdict"]) + ".", ""]
             if "verdict_layer" in per_head:
-                wins = [
-                    f"{k}: {v['margin']:+.3f} (spread {v['spread']:.3f})"
-                    f"{' ✔' if v['wins'] else ' ✘'}"
-                    for k, v in per_head["verdict_layer"].items()
-                ]
                 chosen = {m: per_head["models"][f"{m}@layer"]["chosen_layers"] for m in ENCODERS}
                 lines += [
                     f"Margins at the layer chosen on valid ({SELECT_BY}; layers chosen: "
                     + ", ".join(f"{m} {v}" for m, v in chosen.items())
                     + "): "
-                    + "; ".join(wins)
+                    + _margins(per_head["verdict_layer"])
                     + ".",
                     "",
                 ]

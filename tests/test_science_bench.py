@@ -81,3 +81,26 @@ def test_folds_are_averaged_per_seed_pair_before_the_spread():
     assert chosen["chosen_layers"] == [1, 0, 0]
     assert chosen["test"]["log_loss"]["mean"] == pytest.approx((0.35 + 0.5) / 2)
     assert chosen["test"]["log_loss"]["std"] == pytest.approx(0.075)  # over seeds, not folds
+
+
+def test_one_seed_pair_gets_margins_but_no_verdict():
+    def summary(seeds: int) -> dict:
+        runs = [_run([(0.9, 0.2), (0.7, 0.4)], seed) for seed in range(seeds)]
+        for run in runs:
+            for model in ("pretrained", "random_init"):
+                run["metrics"]["models"][model]["effective_rank"] = [10.0, 9.0]
+        return science.summarize(science.merge_folds(runs))
+
+    one = summary(1)
+    margin = one["a"]["heads"]["linear"]["verdict"]["log_loss_vs_random_init"]
+    assert margin["spread"] == 0.0 and margin["wins"] is None
+    results = {
+        "date": "2026-12-07",
+        "config": {"recipe": "r.yaml", "set": [], "probe_seeds": 1, "machine": "2 cores"},
+        "pretrain": [{"seed": 0, "wall_seconds": 60.0, "final": {}}],
+    }
+    text = science.markdown({**results, "summary": one})
+    assert "Margins (one seed pair: no verdict): " in text
+    assert "✔" not in text and "✘" not in text
+    two = summary(2)["a"]["heads"]["linear"]["verdict"]["log_loss_vs_random_init"]
+    assert two["wins"] is False  # identical seed pairs: spread 0, and a margin below it
