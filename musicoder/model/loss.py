@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -54,6 +55,9 @@ class LossConfig:
         teacher_decay: EMA decay of the teacher per optimizer step (0.999: a memory of about
             1,000 steps).
         teacher_layers: How many of the teacher's last layer outputs a target averages; 0 = all.
+        teacher_frames: Which frames the teacher term is computed on: `all` valid frames (CCM
+            corrupts every frame of a clip it masks) or only the `masked` (CFM) frames, as
+            data2vec does: then no frame's target can be read off the student's own input.
     """
 
     visible_weight: float = 0.0
@@ -64,6 +68,7 @@ class LossConfig:
     teacher_weight: float = 0.0
     teacher_decay: float = 0.999
     teacher_layers: int = 0
+    teacher_frames: Literal["all", "masked"] = "all"
 
     def __post_init__(self) -> None:
         weights = (
@@ -82,6 +87,8 @@ class LossConfig:
             )
         if not 0.0 <= self.teacher_decay < 1.0:
             raise ValueError(f"loss.teacher_decay: must be in [0, 1), got {self.teacher_decay!r}")
+        if self.teacher_frames not in ("all", "masked"):
+            raise ValueError(f"loss.teacher_frames: 'all' or 'masked', got {self.teacher_frames!r}")
         if self.teacher_layers < 0:
             raise ValueError(f"loss.teacher_layers: must be >= 0, got {self.teacher_layers!r}")
         if not self.contrastive_temperature > 0:
@@ -177,6 +184,15 @@ def reconstruction_loss(
     )
 
 
+def teacher_frames(batch: Batch, config: LossConfig) -> Tensor:
+    """`(B, T)` bool: the frames the teacher term covers (`LossConfig.teacher_frames`)."""
+    if config.teacher_frames == "all":
+        return batch.valid
+    if batch.cfm is None:
+        return torch.zeros_like(batch.valid)
+    return batch.valid & batch.cfm
+
+
 def pretraining_loss(
     out: ModelOutput, batch: Batch, config: LossConfig, targets: Tensor | None = None
 ) -> LossOutput:
@@ -213,6 +229,6 @@ def pretraining_loss(
             raise ValueError(
                 "pretraining_loss: loss.teacher_weight > 0 needs a regression head and targets"
             )
-        teacher = teacher_loss(out.prediction, targets, batch.valid)
+        teacher = teacher_loss(out.prediction, targets, teacher_frames(batch, config))
         total = total + config.teacher_weight * teacher
     return dataclasses.replace(loss, total=total, contrastive=contrastive, teacher=teacher)

@@ -59,10 +59,10 @@ def teacher_targets(
     return torch.stack(normed).mean(0)
 
 
-def teacher_loss(prediction: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
-    """Mean squared error per cell over the valid frames of `(B, T, H)` tensors (0 without any);
-    every valid frame counts, since CCM corrupts every frame of a clip it masks."""
-    cells = valid[:, :, None].to(torch.float32)
+def teacher_loss(prediction: Tensor, targets: Tensor, frames: Tensor) -> Tensor:
+    """Mean squared error per cell of `(B, T, H)` tensors over the `(B, T)` bool `frames` (the
+    valid ones, or only the masked ones: `LossConfig.teacher_frames`); 0 without any."""
+    cells = frames[:, :, None].to(torch.float32)
     error = (prediction.float() - targets).pow(2) * cells
     return error.sum() / (cells.sum() * targets.shape[-1]).clamp(min=1.0)
 

@@ -40,7 +40,7 @@ from musicoder.model import (
 )
 from musicoder.model.baselines import BASELINES, baseline_losses
 from musicoder.model.contrastive import contrastive_loss, pair_accuracy
-from musicoder.model.loss import LossOutput
+from musicoder.model.loss import LossOutput, teacher_frames
 from musicoder.model.teacher import ema_update, make_teacher, teacher_loss, teacher_targets
 from musicoder.shardset.manifest import Manifest, check_preset
 from musicoder.training import checkpoint
@@ -574,7 +574,8 @@ class Pretrainer:
                     pair_accuracy(out.projection),
                 ]
             if self.teacher is not None:
-                parts.append(teacher_loss(out.prediction, self._targets(target), target.valid))
+                frames = teacher_frames(target, self.config.loss)
+                parts.append(teacher_loss(out.prediction, self._targets(target), frames))
             sums[:-1] += torch.stack(
                 [torch.as_tensor(p, dtype=torch.float64, device=self.device) for p in parts]
             )

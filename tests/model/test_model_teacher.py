@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from musicoder.model import Batch, LossConfig, MusiCoder, MusiCoderConfig, pretraining_loss
 from musicoder.model import reconstruction_loss
+from musicoder.model.loss import teacher_frames
 from musicoder.model.teacher import ema_update, make_teacher, teacher_loss, teacher_targets
 
 CONFIG = MusiCoderConfig(input_dim=5, num_layers=2, hidden=8, heads=2, ffn=16, max_frames=8)
@@ -108,6 +109,26 @@ def test_pretraining_loss_weighs_reconstruction_and_teacher_terms():
         pretraining_loss(bare, batch, config, targets)
 
 
+def test_teacher_term_on_masked_frames_only_ignores_the_visible_ones():
+    torch.manual_seed(0)
+    model = MusiCoder(CONFIG, regressor=True)
+    batch = masked_batch()
+    out = model(batch.masked_input, batch.valid)
+    targets = teacher_targets(make_teacher(model.encoder), batch.features, batch.valid, 0)
+    config = LossConfig(teacher_weight=1.0, teacher_frames="masked")
+    masked = pretraining_loss(out, batch, config, targets).teacher
+    frames = teacher_frames(batch, config)
+    assert torch.equal(frames, batch.valid & batch.cfm) and frames.sum() < batch.valid.sum()
+    assert masked.item() == pytest.approx(teacher_loss(out.prediction, targets, frames).item())
+    moved = targets.clone()
+    moved[~frames] += 5.0  # visible frames' targets do not count
+    assert pretraining_loss(out, batch, config, moved).teacher.item() == pytest.approx(
+        masked.item()
+    )
+    everything = LossConfig(teacher_weight=1.0)
+    assert pretraining_loss(out, batch, everything, moved).teacher.item() > masked.item() + 1.0
+
+
 @pytest.mark.parametrize(
     "knobs, message",
     [
@@ -116,6 +137,7 @@ def test_pretraining_loss_weighs_reconstruction_and_teacher_terms():
         ({"reconstruction_weight": 0.0}, "nothing would be trained"),
         ({"teacher_decay": 1.0}, "teacher_decay"),
         ({"teacher_layers": -1}, "teacher_layers"),
+        ({"teacher_frames": "visible"}, "teacher_frames"),
     ],
 )
 def test_loss_config_refuses_bad_teacher_knobs(knobs, message):
