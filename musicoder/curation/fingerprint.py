@@ -86,33 +86,6 @@ def minhash(values: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return hashed[np.arange(len(seeds)), best], frames[best].astype(np.int32)
 
 
-def bit_error(a: np.ndarray, b: np.ndarray, offset: int) -> tuple[float, int]:
-    """Bit error rate of `a[i]` against `b[i - offset]` over the overlap's frames that are
-    informative in both; returns `(rate, frames compared)` (`(1.0, 0)` without overlap)."""
-    start, stop = max(0, offset), min(len(a), len(b) + offset)
-    if stop <= start:
-        return 1.0, 0
-    x, y = a[start:stop], b[start - offset : stop - offset]
-    keep = informative(a)[start:stop] & informative(b)[start - offset : stop - offset]
-    n = int(keep.sum())
-    if not n:
-        return 1.0, 0
-    return float(np.bitwise_count(x[keep] ^ y[keep]).sum()) / (32.0 * n), n
-
-
-def best_alignment(
-    a: np.ndarray, b: np.ndarray, offset: int, min_frames: int
-) -> tuple[float, int, int]:
-    """The lowest bit error rate within :data:`OFFSET_SLACK` frames of `offset` among alignments
-    comparing at least `min_frames` frames: `(rate, frames, offset)` (rate 1.0 if none)."""
-    best = (1.0, 0, offset)
-    for d in range(offset - OFFSET_SLACK, offset + OFFSET_SLACK + 1):
-        rate, n = bit_error(a, b, d)
-        if n >= min_frames and rate < best[0]:
-            best = (rate, n, d)
-    return best
-
-
 def best_rates(
     values: np.ndarray,
     offsets: np.ndarray,
@@ -121,18 +94,22 @@ def best_rates(
     offset: np.ndarray,
     min_frames: int,
 ) -> np.ndarray:
-    """:func:`best_alignment`'s rate for many pairs at once: `float64 [pairs]`.
+    """Per pair, the lowest bit error rate among the alignments within :data:`OFFSET_SLACK`
+    frames of its offset that compare at least `min_frames` frames (1.0 if none): `float64
+    [pairs]`. An alignment `o` compares `a[t]` with `b[t - o]` over the overlap's frames that
+    are informative in both.
 
     Args:
         values: every sample's fingerprint, concatenated (`uint32`, e.g. a memmap).
         offsets: `int64 [samples + 1]`: sample `s` is `values[offsets[s]:offsets[s + 1]]`.
-        i, j: the pairs' samples, `[pairs]`.
+        i, j: the pairs' samples (`a` and `b`), `[pairs]`.
         offset: each pair's candidate offset (`frame_i - frame_j`), `[pairs]`.
-        min_frames: as in :func:`best_alignment`.
+        min_frames: fewest frames an alignment must compare to count.
 
     Both fingerprints of a pair are laid out as rows padded to the longest in the batch, and
     each of the 2 x OFFSET_SLACK + 1 alignments is one gather and one popcount over the whole
-    batch: the same numbers as the per-pair loop, about 40x faster (docs/decisions.md).
+    batch (tests check it against a per-pair loop; at 1M samples the match phase took 7.9 CPU s
+    with it and 46 with that loop, BENCHMARKS.md).
     """
     a, ka, la = _rows(values, offsets, np.asarray(i, np.int64))
     b, kb, lb = _rows(values, offsets, np.asarray(j, np.int64))
