@@ -10,9 +10,9 @@ an LSH bucket whose members become candidate pairs (each member with its next `m
 neighbours), spilled as (pair, offset) records to pair partitions by pair. Then it sorts each
 pair partition, keeps each pair's first occurrence (a pair shares several bands), and verifies
 it once by the bit error rate of the two fingerprints aligned at the offset its shared frames
-imply, thousands of pairs per numpy call (`best_rates`). Memory is one partition of either kind, never a set of all pairs: chance candidates
-grow with the square of the corpus (0.3M at 1M samples, ~30M at 10M), so an in-memory set of
-checked pairs would not be bounded. Disk is ~1 kB per 30 s sample plus 12 bytes a candidate.
+imply, thousands of pairs per numpy call (`best_rates`). Memory is one partition of either
+kind, never a set of all pairs: chance candidates grow with the square of the corpus (0.3M at
+1M samples, ~30M at 10M), so an in-memory set of checked pairs would not be bounded. Disk is ~1 kB per 30 s sample plus 12 bytes a candidate.
 
 `group_sources` turns verified sample matches into groups of source files: two files are copies
 when matched samples cover `min_coverage` of the shorter one (a 30 s excerpt of a track counts),
@@ -32,9 +32,8 @@ from musicoder.curation.config import MatchConfig
 from musicoder.curation.fingerprint import FRAME_SECONDS, band_seeds, best_rates, minhash
 
 RECORD = np.dtype([("key", "<u8"), ("sample", "<u4"), ("frame", "<i4")])
-PAIR = np.dtype(
-    [("pair", "<u8"), ("offset", "<i4")]
-)  # pair = i << 32 | j, offset = frame_i - frame_j
+# A candidate: pair = i << 32 | j (`_pair_samples` splits it), offset = frame_i - frame_j.
+PAIR = np.dtype([("pair", "<u8"), ("offset", "<i4")])
 VERIFY_BATCH = 4096  # candidate pairs verified together (`best_rates`)
 VERIFY_CELLS = 1 << 21  # at most this many frames per row x rows in one batch
 FLUSH_RECORDS = 1 << 18  # records buffered in memory before they go to the partition files
@@ -109,8 +108,7 @@ class Deduper:
         for p in range(self.config.partitions):
             pairs = _first_of_each_pair(_read_and_remove(self._pairs_path(p), PAIR))
             self.candidates += len(pairs)
-            i = (pairs["pair"] >> np.uint64(32)).astype(np.int64)
-            j = (pairs["pair"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            i, j = _pair_samples(pairs)
             longest = int(max(lengths[i].max(initial=1), lengths[j].max(initial=1)))
             batch = max(1, min(VERIFY_BATCH, VERIFY_CELLS // longest))
             for start in range(0, len(pairs), batch):
@@ -129,12 +127,18 @@ class Deduper:
             records = _read_and_remove(self._partition_path(p), RECORD)
             records = records[np.lexsort((records["sample"], records["key"]))]
             pairs = bucket_pairs(records, self.config.max_bucket)
-            i, j = pairs["pair"] >> np.uint64(32), pairs["pair"] & np.uint64(0xFFFFFFFF)
-            pairs = pairs[sources[i.astype(np.int64)] != sources[j.astype(np.int64)]]
+            i, j = _pair_samples(pairs)
+            pairs = pairs[sources[i] != sources[j]]
             part = pairs["pair"] % np.uint64(self.config.partitions)
             for q in np.unique(part):
                 with open(self._pairs_path(int(q)), "ab") as f:
                     pairs[part == q].tofile(f)
+
+
+def _pair_samples(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The samples `(i, j)` of `PAIR` records, `int64` each."""
+    i = (pairs["pair"] >> np.uint64(32)).astype(np.int64)
+    return i, (pairs["pair"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def _read_and_remove(path: str, dtype: np.dtype) -> np.ndarray:
