@@ -193,6 +193,22 @@ def teacher_frames(batch: Batch, config: LossConfig) -> Tensor:
     return batch.valid & batch.cfm
 
 
+def teacher_term(
+    out: ModelOutput, batch: Batch, config: LossConfig, targets: Tensor | None
+) -> Tensor:
+    """The teacher term of `config` (unweighted) over its `teacher_frames`; training's loss and
+    validation's `val/teacher` both use it.
+
+    Raises:
+        ValueError: No regression head output or no targets.
+    """
+    if out.prediction is None or targets is None:
+        raise ValueError(
+            "pretraining_loss: loss.teacher_weight > 0 needs a regression head and targets"
+        )
+    return teacher_loss(out.prediction, targets, teacher_frames(batch, config))
+
+
 def pretraining_loss(
     out: ModelOutput, batch: Batch, config: LossConfig, targets: Tensor | None = None
 ) -> LossOutput:
@@ -225,10 +241,6 @@ def pretraining_loss(
         )
         total = total + config.contrastive_weight * contrastive
     if config.teacher_weight:
-        if out.prediction is None or targets is None:
-            raise ValueError(
-                "pretraining_loss: loss.teacher_weight > 0 needs a regression head and targets"
-            )
-        teacher = teacher_loss(out.prediction, targets, teacher_frames(batch, config))
+        teacher = teacher_term(out, batch, config, targets)
         total = total + config.teacher_weight * teacher
     return dataclasses.replace(loss, total=total, contrastive=contrastive, teacher=teacher)

@@ -40,8 +40,8 @@ from musicoder.model import (
 )
 from musicoder.model.baselines import BASELINES, baseline_losses
 from musicoder.model.contrastive import contrastive_loss, pair_accuracy
-from musicoder.model.loss import LossOutput, teacher_frames
-from musicoder.model.teacher import ema_update, make_teacher, teacher_loss, teacher_targets
+from musicoder.model.loss import LossOutput, teacher_term
+from musicoder.model.teacher import ema_update, make_teacher, teacher_targets
 from musicoder.shardset.manifest import Manifest, check_preset
 from musicoder.training import checkpoint
 from musicoder.training.dsconfig import build_deepspeed_config, read_deepspeed_json, zero_stage
@@ -426,20 +426,12 @@ class Pretrainer:
 
     def _update_teacher(self, decay: float) -> None:
         """EMA step of the teacher towards the encoder; under ZeRO-3 the encoder's partitioned
-        parameters are gathered for it (one all-gather, as for a forward pass)."""
-        import contextlib
-
+        parameters are gathered for it (one all-gather, as for a forward pass). DeepSpeed's
+        context is a no-op for parameters ZeRO does not partition (stages 0-2)."""
         import deepspeed
 
         encoder = self.engine.module.encoder
-        params = list(encoder.parameters())
-        partitioned = any(hasattr(p, "ds_id") for p in params)
-        gather = (
-            deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-            if partitioned
-            else contextlib.nullcontext()
-        )
-        with gather:
+        with deepspeed.zero.GatheredParameters(list(encoder.parameters()), modifier_rank=None):
             ema_update(self.teacher, encoder, decay)
 
     def _targets(self, batch: Batch) -> torch.Tensor | None:
@@ -574,8 +566,7 @@ class Pretrainer:
                     pair_accuracy(out.projection),
                 ]
             if self.teacher is not None:
-                frames = teacher_frames(target, self.config.loss)
-                parts.append(teacher_loss(out.prediction, self._targets(target), frames))
+                parts.append(teacher_term(out, target, self.config.loss, self._targets(target)))
             sums[:-1] += torch.stack(
                 [torch.as_tensor(p, dtype=torch.float64, device=self.device) for p in parts]
             )
