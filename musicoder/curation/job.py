@@ -1,7 +1,8 @@
 """One curation run (DESIGN §11, §13): shard sets in, a view and a report out, no tar touched.
 
 `run` reads each input's manifest and shard indexes (format v2: every sample's source, seconds,
-PCM hash, fingerprint and quality statistics are there), optionally groups duplicate source
+PCM hash, fingerprint and quality statistics are there; up to 16 index reads in flight, taken
+in order), optionally groups duplicate source
 files (`musicoder.curation.dedup`) and keeps one copy per group by :data:`KEEP_RULE`, applies
 the quality thresholds per sample, and writes `view.json` (`format: musicoder-view`: each shard
 set by URI and sha256, the excluded keys per shard with their reason) and `report.json`
@@ -115,8 +116,15 @@ def run(cfg: CurateConfig, *, progress: bool = True) -> CurateResult:
     with tempfile.TemporaryDirectory(prefix="musicoder-curate-", dir=cfg.work_dir) as tmp:
         deduper = Deduper(cfg.match, tmp) if cfg.dedup else None
         shards = [(n, s) for n, m in enumerate(manifests) for s in [*m.train, *m.val]]
-        for n, shard in tqdm(shards, desc="indexes", unit="shard", disable=not progress):
-            _read_index(n, shard.uri, samples, sources, deduper)
+        indexes = storage.read_json_ahead(_index_uri(shard.uri) for _, shard in shards)
+        for (n, shard), (index_uri, index) in tqdm(
+            zip(shards, indexes, strict=True),
+            total=len(shards),
+            desc="indexes",
+            unit="shard",
+            disable=not progress,
+        ):
+            _add_index(n, shard.uri, index_uri, index, samples, sources, deduper)
         source_uris = [uri for _, uri in sorted((i, u) for u, i in sources.items())]
         reasons: dict[int, str] = {}
         groups = []
@@ -160,11 +168,20 @@ def _read_input(uri: str) -> Manifest:
     return manifest
 
 
-def _read_index(
-    n: int, shard_uri: str, samples: _Samples, sources: dict, deduper: Deduper | None
+def _index_uri(shard_uri: str) -> str:
+    return shard_uri.removesuffix(TAR_SUFFIX) + INDEX_SUFFIX
+
+
+def _add_index(
+    n: int,
+    shard_uri: str,
+    index_uri: str,
+    index: dict,
+    samples: _Samples,
+    sources: dict,
+    deduper: Deduper | None,
 ) -> None:
-    index_uri = shard_uri.removesuffix(TAR_SUFFIX) + INDEX_SUFFIX
-    index = storage.read_json(index_uri)
+    """Appends one shard index's samples (input `n`) to `samples` and the deduper."""
     try:
         keys, facts = index["keys"], index["sample_facts"]
         if len(keys) != len(facts):

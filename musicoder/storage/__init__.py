@@ -17,12 +17,14 @@ naming the endpoint), and :func:`retry_counts` tells how many retries this proce
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -45,6 +47,7 @@ __all__ = [
     "parent",
     "read_bytes",
     "read_json",
+    "read_json_ahead",
     "read_text",
     "real_key",
     "resolve",
@@ -122,6 +125,29 @@ def read_json(uri: str) -> Any:
         return json.loads(read_text(uri))
     except json.JSONDecodeError as e:
         raise ValueError(f"{uri}: invalid JSON ({e.msg} at line {e.lineno} col {e.colno})") from e
+
+
+def read_json_ahead(uris: Iterable[str], *, threads: int = 16) -> Iterator[tuple[str, Any]]:
+    """`(uri, read_json(uri))` in the order of `uris`, read by `threads` threads at most
+    `2 * threads` objects ahead of the consumer: an S3 GET's latency overlaps the caller's work
+    on earlier objects, and memory holds a bounded window, not every object. An error is
+    raised when its object's turn comes (the objects before it are yielded first).
+    """
+    pending: collections.deque = collections.deque()
+    todo = iter(uris)
+    with ThreadPoolExecutor(threads) as pool:
+        try:
+            for uri in todo:
+                pending.append((uri, pool.submit(read_json, uri)))
+                if len(pending) >= 2 * threads:
+                    uri, future = pending.popleft()
+                    yield uri, future.result()
+            while pending:
+                uri, future = pending.popleft()
+                yield uri, future.result()
+        finally:  # an early exit (error, break) leaves queued reads unstarted
+            for _, future in pending:
+                future.cancel()
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import os
 import re
 import tarfile
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -231,6 +232,36 @@ def test_missing_object_is_file_not_found_naming_uri(base):
 
 
 @integration
+def test_read_json_ahead_in_order_within_its_window(base, monkeypatch):
+    uris = [storage.join(base, f"index-{i:03d}.json") for i in range(40)]
+    for i, uri in enumerate(uris):
+        storage.write_json(uri, {"n": i})
+    started: list[str] = []
+    read_json = storage.read_json
+
+    def recording(uri: str):
+        started.append(uri)
+        return read_json(uri)
+
+    monkeypatch.setattr(storage, "read_json", recording)
+    got = []
+    for uri, obj in storage.read_json_ahead(uris, threads=3):
+        time.sleep(0.005)  # a slow consumer: idle threads would run ahead without the window
+        assert len(started) <= len(got) + 2 * 3
+        got.append((uri, obj["n"]))
+    assert got == [(uri, i) for i, uri in enumerate(uris)]
+
+
+def test_read_json_ahead_raises_at_the_missing_objects_turn(base):
+    uris = [storage.join(base, name) for name in ("a.json", "missing.json", "c.json")]
+    storage.write_json(uris[0], {"n": 0})
+    storage.write_json(uris[2], {"n": 2})
+    reads = storage.read_json_ahead(uris, threads=2)
+    assert next(reads) == (uris[0], {"n": 0})
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        next(reads)
+
+
 def test_missing_bucket_is_file_not_found(s3_env):
     uri = "s3://no-such-bucket-musicoder/x.wav"
     with pytest.raises(FileNotFoundError, match=re.escape(uri)):
