@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from musicoder.model.batch import Batch
+from musicoder.model.pooling import weighted_mean
 from musicoder.model.loss import LossOutput, reconstruction_loss
 
 BASELINES = ("interpolate", "clip_mean")
@@ -77,9 +78,7 @@ def predict(batch: Batch, baseline: str) -> Tensor:
     x = _interpolate(batch.features.float(), channels, dim=2)  # CCM band from its neighbours
     if baseline == "interpolate":
         return _interpolate(x, frames, dim=1)
-    weights = frames[:, :, None].to(x.dtype)  # (B, T, 1)
-    mean = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1)
-    return mean.expand_as(x)
+    return weighted_mean(x, frames[:, :, None].to(x.dtype), dim=1).expand_as(x)
 
 
 def baseline_losses(batch: Batch) -> dict[str, LossOutput]:

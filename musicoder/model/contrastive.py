@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from musicoder.model.batch import Batch
+from musicoder.model.pooling import weighted_mean
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ def split_halves(batch: Batch, inputs: Tensor) -> Batch:
 
 def pool_valid(hidden: Tensor, valid: Tensor) -> Tensor:
     """Mean of `(B, T, H)` states over each row's valid frames; `(B, H)` (zeros for none)."""
-    weights = valid.to(hidden.dtype)[:, :, None]
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return weighted_mean(hidden, valid.to(hidden.dtype)[:, :, None], dim=1).squeeze(1)
 
 
 def contrastive_loss(projection: Tensor, valid: Tensor, *, temperature: float) -> Tensor:

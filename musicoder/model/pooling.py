@@ -50,6 +50,12 @@ def pad_chunks(chunks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return features, valid
 
 
+def weighted_mean(x: torch.Tensor, weights: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of `x` along `dim` weighted by `weights` (broadcast to `x`; 1 = a valid frame, 0 =
+    padding or masked), keeping `dim`; zeros where the weights sum to 0."""
+    return (x * weights).sum(dim, keepdim=True) / weights.sum(dim, keepdim=True).clamp(min=1.0)
+
+
 POOLINGS = ("meanstd", "mean")
 DEFAULT_POOLING = "meanstd"
 
@@ -84,11 +90,11 @@ def pool_layers(
     hidden = model(features, valid, output_hidden_states=True).hidden_states
     stacked = torch.stack(hidden, dim=1)  # (B, L+1, T, H)
     weights = valid.to(stacked.dtype)[:, None, :, None]  # (B, 1, T, 1)
-    count = weights.sum(dim=2).clamp(min=1.0)
-    mean = (stacked * weights).sum(dim=2) / count  # (B, L+1, H)
+    mean = weighted_mean(stacked, weights, dim=2)  # (B, L+1, 1, H)
     if check_pooling(pooling) == "mean":
-        return mean
-    var = ((stacked - mean[:, :, None]).square() * weights).sum(dim=2) / count
+        return mean.squeeze(2)
+    var = weighted_mean((stacked - mean).square(), weights, dim=2).squeeze(2)
+    mean = mean.squeeze(2)
     # Clamped: a one-frame chunk has variance 0, where sqrt's gradient is infinite (NaN when
     # fine-tuning); clamp passes no gradient there.
     return torch.cat([mean, var.clamp(min=VAR_FLOOR).sqrt()], dim=-1)
