@@ -16,7 +16,9 @@ kind, never a set of all pairs: chance candidates grow with the square of the co
 
 `group_sources` turns verified sample matches into groups of source files: two files are copies
 when matched samples cover `min_coverage` of the shorter one (a 30 s excerpt of a track counts),
-and groups are the connected components (union-find).
+and groups are the connected components (union-find). `exact_groups` finds files that decode to
+the same samples from their PCM hashes alone, fingerprint or not (a jingle shorter than
+`min_overlap_seconds`, a tone); `merge_groups` joins both kinds.
 """
 
 from __future__ import annotations
@@ -183,6 +185,27 @@ def bucket_pairs(records: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros(0, PAIR)
 
 
+def _components(pairs: Iterator[tuple[int, int]], count: int) -> list[list[int]]:
+    """Connected components of two or more of `count` nodes joined by `pairs` (union-find),
+    each sorted, sorted by their first node."""
+    parent = list(range(count))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    touched = set()
+    for s, t in pairs:
+        parent[root(s)] = root(t)
+        touched.update((s, t))
+    groups: dict[int, list[int]] = defaultdict(list)
+    for s in touched:
+        groups[root(s)].append(s)
+    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
 def group_sources(
     matches: Iterator[tuple[int, int]],
     sample_source: np.ndarray,
@@ -207,19 +230,62 @@ def group_sources(
             s, t, i, j = t, s, j, i
         covered[s, t][0].add(i)
         covered[s, t][1].add(j)
-    parent = list(range(len(matchable)))
 
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    def copies() -> Iterator[tuple[int, int]]:
+        for (s, t), (on_s, on_t) in covered.items():
+            shorter, hits = (s, on_s) if matchable[s] <= matchable[t] else (t, on_t)
+            if matchable[shorter] and len(hits) / matchable[shorter] >= min_coverage:
+                yield s, t
 
-    for (s, t), (on_s, on_t) in covered.items():
-        shorter, hits = (s, on_s) if matchable[s] <= matchable[t] else (t, on_t)
-        if matchable[shorter] and len(hits) / matchable[shorter] >= min_coverage:
-            parent[root(s)] = root(t)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for s in {x for pair in covered for x in pair}:
-        groups[root(s)].append(s)
-    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+    return _components(copies(), len(matchable))
+
+
+def exact_groups(sample_source: np.ndarray, digests: np.ndarray, count: int) -> list[list[int]]:
+    """Groups of source files whose samples have the same PCM hashes (the same decoded audio).
+
+    Each source gets a key, the sum of its samples' 256-bit hashes as four 64-bit words (mod
+    2**64) and its sample count: one sort of `count` keys finds the candidates, and each
+    candidate group is confirmed by comparing its members' sorted hashes, so a key collision
+    never groups two different files. Memory: 40 bytes a source.
+
+    Args:
+        sample_source: source id of each sample, `[samples]`.
+        digests: each sample's SHA-256 of its decoded PCM, `[samples, 32]` uint8.
+        count: number of sources.
+
+    Returns:
+        Groups of two or more source ids (each sorted), sorted by their first id.
+    """
+    sample_source = np.asarray(sample_source, dtype=np.int64)
+    words = np.ascontiguousarray(digests).view("<u8").reshape(-1, 4)
+    keys = np.zeros((count, 4), np.uint64)
+    for w in range(4):  # bincount sums in float64 (inexact above 2**53): add words in uint64
+        np.add.at(keys[:, w], sample_source, words[:, w])
+    sizes = np.bincount(sample_source, minlength=count)
+    order = np.lexsort((*keys.T[::-1], sizes))
+    ordered = np.column_stack([sizes[order].astype(np.uint64), keys[order]])
+    same = (ordered[1:] == ordered[:-1]).all(axis=1) & (sizes[order][1:] > 0)
+    runs: list[list[int]] = []
+    for i in np.flatnonzero(same):
+        if runs and runs[-1][-1] == order[i]:
+            runs[-1].append(int(order[i + 1]))
+        else:
+            runs.append([int(order[i]), int(order[i + 1])])
+    if not runs:
+        return []
+    members = np.concatenate([np.asarray(r) for r in runs])
+    picked = np.flatnonzero(np.isin(sample_source, members))
+    hashes: dict[int, list[bytes]] = defaultdict(list)
+    for i in picked:
+        hashes[int(sample_source[i])].append(digests[i].tobytes())
+    pairs = (
+        (run[0], s) for run in runs for s in run[1:] if sorted(hashes[s]) == sorted(hashes[run[0]])
+    )
+    return _components(pairs, count)
+
+
+def merge_groups(*groupings: list[list[int]]) -> list[list[int]]:
+    """The union of several groupings of the same ids: groups that share an id are joined."""
+    pairs = [(g[0], s) for groups in groupings for g in groups for s in g[1:]]
+    count = 1 + max((s for p in pairs for s in p), default=-1)
+    return _components(iter(pairs), count)

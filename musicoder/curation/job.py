@@ -2,13 +2,13 @@
 
 `run` reads each input's manifest and shard indexes (format v2: every sample's source, seconds,
 PCM hash, fingerprint and quality statistics are there; up to 16 index reads in flight, taken
-in order), optionally groups duplicate source
-files (`musicoder.curation.dedup`) and keeps one copy per group by :data:`KEEP_RULE`, applies
-the quality thresholds per sample, and writes `view.json` (`format: musicoder-view`: each shard
-set by URI and sha256, the excluded keys per shard with their reason) and `report.json`
-(`duplicate_groups`: lists of source URIs, kept copy first; samples and hours removed per
-reason). A re-run with the same inputs and settings finds the same outputs and leaves them as
-they are.
+in order), optionally groups duplicate source files (`musicoder.curation.dedup`: by
+fingerprint, and by PCM hash for files too short or too plain to fingerprint), keeps one copy
+per group by :data:`KEEP_RULE`, applies the quality thresholds per sample, and writes
+`view.json` (`format: musicoder-view`: each shard set by URI and sha256, the excluded keys per
+shard with their reason) and `report.json` (`duplicate_groups`: lists of source URIs, kept copy
+first; samples and hours removed per reason). A re-run with the same inputs and settings finds
+the same outputs and leaves them as they are.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tqdm import tqdm
 import musicoder
 from musicoder import storage
 from musicoder.curation.config import CurateConfig
-from musicoder.curation.dedup import Deduper, group_sources
+from musicoder.curation.dedup import Deduper, exact_groups, group_sources, merge_groups
 from musicoder.curation.fingerprint import decode
 from musicoder.shardset.format import (
     FACTS_FORMAT_VERSION,
@@ -135,8 +135,14 @@ def run(cfg: CurateConfig, *, progress: bool = True) -> CurateResult:
             matchable = _per_source(
                 samples, np.frombuffer(deduper.usable, dtype=np.uint8), len(source_uris)
             )
-            found = group_sources(
-                matches, np.asarray(samples.source), matchable, cfg.match.min_coverage
+            sample_source = np.asarray(samples.source)
+            found = merge_groups(
+                group_sources(matches, sample_source, matchable, cfg.match.min_coverage),
+                exact_groups(
+                    sample_source,
+                    np.frombuffer(samples.pcm, np.uint8).reshape(-1, 32),
+                    len(source_uris),
+                ),
             )
             groups = _keep(found, samples, source_uris, cfg.match.tie_seconds)
             dropped = {s for g in groups for s in g["sources"][1:]}

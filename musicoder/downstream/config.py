@@ -76,7 +76,7 @@ class TrainConfig:
             initial weights, the one with the best valid log-loss kept (and reported as
             `probe_lr`); empty = `lr` alone. The head's best rate depends on the task and the
             inputs (a head that is still improving at `max_epochs` favours inputs it fits
-            faster), so the science yardstick sets `[0.001, 0.003, 0.01]`.
+            faster), so the science yardstick sets `[1e-4, 3e-4, ..., 0.03]`.
         encoder_lr: Learning rate of the encoder in finetune mode (lower than `lr`).
         weight_decay: AdamW weight decay.
         batch_size: Chunks per optimizer step.

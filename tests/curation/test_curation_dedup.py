@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from musicoder.curation.config import MatchConfig
-from musicoder.curation.dedup import PAIR, RECORD, Deduper, bucket_pairs
+from musicoder.curation.dedup import (
+    PAIR,
+    RECORD,
+    Deduper,
+    bucket_pairs,
+    exact_groups,
+    merge_groups,
+)
 from musicoder.curation.fingerprint import OFFSET_SLACK, best_rates, informative
 
 FRAMES = 221  # a 30 s segment
@@ -129,3 +136,39 @@ def test_best_rates_equal_a_per_pair_loop():
     np.testing.assert_allclose(rates, expected, rtol=0, atol=1e-12)
     assert (rates[-len(copies) :] < 0.1).all() and len(copies) >= 5
     assert (rates == 1.0).sum() > 100 and ((rates > 0.4) & (rates < 0.6)).sum() > 100
+
+
+def _digests(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(0, 256, (n, 32), dtype=np.uint8)
+
+
+def test_exact_groups_need_every_sample_equal_and_survive_a_key_collision():
+    rng = np.random.default_rng(0)
+    a, b, silent = _digests(rng, 3), _digests(rng, 2), _digests(rng, 1)
+    # Source 3's two hashes sum, word by word mod 2**64, to source 4's: same key, other audio.
+    c1, c2, c3 = _digests(rng, 3)
+    words = np.stack([c1, c2, c3]).view("<u8")  # (3, 4) 64-bit words
+    c4 = (words[0] + words[1] - words[2]).view(np.uint8)  # uint64 arithmetic wraps
+    rows = [
+        (0, a[0]), (0, a[1]), (0, a[2]),  # source 0: a track
+        (1, a[2]), (1, a[0]), (1, a[1]),  # source 1: its byte copy, listed in another order
+        (2, a[0]), (2, a[1]),  # source 2: the track cut short
+        (3, c1), (3, c2),
+        (4, c3), (4, c4),
+        (5, b[0]), (5, silent[0]),  # sources 5 and 6 share only a silent segment
+        (6, b[1]), (6, silent[0]),
+        (7, a[0]), (7, a[1]), (7, a[2]),  # another copy of source 0
+    ]  # fmt: skip
+    source = np.array([s for s, _ in rows])
+    digests = np.stack([d for _, d in rows])
+    assert exact_groups(source, digests, count=9) == [[0, 1, 7]]  # source 8 has no samples
+
+
+def test_exact_groups_of_distinct_sources_are_empty():
+    rng = np.random.default_rng(1)
+    assert exact_groups(np.arange(50) % 10, _digests(rng, 50), count=10) == []
+
+
+def test_merge_groups_joins_groups_sharing_a_source():
+    assert merge_groups([[0, 4], [2, 3]], [[4, 9]], []) == [[0, 4, 9], [2, 3]]
+    assert merge_groups([], []) == []

@@ -4,7 +4,8 @@ One corpus is rendered once per module with the demo synthesizer (no downloads):
 track and five copies of it (FLAC, 128 kbit/s MP3 in another folder, a byte copy under another
 folder and name, trimmed by 5 s, 3 dB quieter, padded with 10 s of silence at both ends), a
 different track with the same instruments, tempo, key and chords (must not be grouped), a
-track of another genre, a mostly silent track and a hard-clipped one. It is sharded by the
+track of another genre, a mostly silent track, a hard-clipped one, and a 4 s jingle with a byte
+copy (too short to fingerprint: found by its PCM hash). It is sharded by the
 shipped job on the session's local Ray (format v2: facts in the worker's decode pass), then
 curated through `launch/curate.py`.
 """
@@ -40,6 +41,7 @@ FAMILY = (
     "album/a-quieter.flac",
     "album/a-padded.flac",
 )
+JINGLE = ("stingers/fanfare.flac", "backup/fanfare-copy.flac")
 OTHERS = (
     "album/b-same-band.flac",
     "other/c-jazz.flac",
@@ -80,6 +82,8 @@ def corpus(tmp_path_factory) -> Path:
     _write(music / OTHERS[2], quiet.astype(np.float32))
     clipped = np.clip(_mix(styles.plan_track("electronic", 14)) * 20.0, -1.0, 1.0)
     _write(music / OTHERS[3], clipped)
+    _write(music / JINGLE[0], _mix(styles.plan_track("electronic", 15))[: 4 * RATE])
+    shutil.copyfile(music / JINGLE[0], music / JINGLE[1])
     return music
 
 
@@ -135,16 +139,17 @@ def test_mp3_is_128k(corpus: Path):
 def test_planted_duplicates_grouped_with_full_precision_and_recall(corpus: Path, curated: Path):
     report = json.loads((curated / "report.json").read_text())
     groups = report["duplicate_groups"]
-    truth = _pairs([[str(corpus / f) for f in FAMILY]])
+    truth = _pairs([[str(corpus / f) for f in FAMILY], [str(corpus / f) for f in JINGLE]])
     found = _pairs(groups)
     precision = len(found & truth) / max(len(found), 1)
     recall = len(found & truth) / len(truth)
     print(f"duplicate pairs: precision {precision:.3f}, recall {recall:.3f}")
     assert (precision, recall) == (1.0, 1.0), groups
-    (group,) = groups
-    kept = Path(group[0]).relative_to(corpus).as_posix()
+    family, jingle = sorted(range(2), key=lambda g: len(groups[g]), reverse=True)
+    kept = Path(groups[family][0]).relative_to(corpus).as_posix()
     assert kept in (FAMILY[0], FAMILY[2], FAMILY[4]), kept  # full length, lossless, no padding
-    assert report["groups"][0]["exact"] is False  # the mp3 decodes to other samples
+    assert report["groups"][family]["exact"] is False  # the mp3 decodes to other samples
+    assert report["groups"][jingle]["exact"] is True
     assert report["matching"]["matching_pairs"] >= 5
 
 
@@ -168,8 +173,9 @@ def test_view_excludes_copies_and_bad_audio_with_reasons(corpus: Path, shards: P
                 assert fact["silent_fraction"] > 0.5
             if reason == "clipped":
                 assert fact["clipped_fraction"] > 0.01
-    kept = report["duplicate_groups"][0][0]
-    copies = {f for f in FAMILY if str(corpus / f) != kept}
+    kept = {g[0] for g in report["duplicate_groups"]}
+    copies = {f for f in (*FAMILY, *JINGLE) if str(corpus / f) not in kept}
+    assert len(copies) == len(FAMILY) - 1 + len(JINGLE) - 1
     assert {f for f, r in reasons.items() if r == "duplicate"} == copies
     assert reasons.get(OTHERS[2]) == "silence"  # its silent tail segment only
     assert reasons.get(OTHERS[3]) == "clipped"

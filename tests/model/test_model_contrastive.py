@@ -74,7 +74,9 @@ def test_contrastive_loss_leaves_out_pairs_with_an_empty_view():
     full = contrastive_loss(z, valid, temperature=0.5)
     logits = torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(z, dim=-1).T
     logits = (logits / 0.5).masked_fill(torch.eye(6, dtype=torch.bool), float("-inf"))
-    per_view = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0, 3, 2, 5, 4]), reduction="none")
+    per_view = torch.nn.functional.cross_entropy(
+        logits, torch.tensor([1, 0, 3, 2, 5, 4]), reduction="none"
+    )
     assert full.item() == pytest.approx(per_view[:4].mean().item(), rel=1e-6)
     full.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
