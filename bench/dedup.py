@@ -13,7 +13,9 @@ partition files; match: per-partition sort, candidate verification), peak reside
 (and peak anonymous memory, sampled: `ru_maxrss` also counts the memmapped file's pages),
 local disk used, and recall/precision of the planted pairs among the matches. The reference in
 the same run: decoding the same number of stored (base64) fingerprints, which `launch/curate.py`
-must do anyway (measured on 20,000 and scaled). Prints one JSON line.
+must do anyway (measured on 20,000 and scaled). Then the exact-copy grouping by PCM hash
+(`exact_groups`) on the same number of random 32-byte digests, the same share of them planted
+byte copies: its CPU seconds and recall. Prints one JSON line.
 """
 
 import os
@@ -33,7 +35,7 @@ import chromaprint
 import numpy as np
 
 from musicoder.curation.config import MatchConfig
-from musicoder.curation.dedup import Deduper
+from musicoder.curation.dedup import Deduper, exact_groups
 
 FRAMES = 221  # a 30 s segment
 MAX_SHIFT = 40  # frames (~5 s)
@@ -94,6 +96,33 @@ class _PeakAnon:
         self._thread.join()
 
 
+def _exact(samples: int, copies: float, seed: int) -> dict:
+    """`exact_groups` over `samples` one-sample sources whose random PCM digests include
+    `copies * samples` byte copies of earlier ones: CPU seconds, and the share of copies grouped
+    with their original (recall) and of grouped samples that are a copy or an original."""
+    rng = np.random.default_rng(seed + 2)
+    digests = rng.integers(0, 256, (samples, 32), dtype=np.uint8)
+    n = int(samples * copies)
+    copy = rng.choice(np.arange(1, samples), n, replace=False)
+    original = (rng.random(n) * copy).astype(np.int64)  # an earlier sample (maybe a copy)
+    for c, o in sorted(zip(copy.tolist(), original.tolist(), strict=True)):
+        digests[c] = digests[o]  # in order: a copy of a copy gets the first one's digest
+    cpu0 = time.process_time()
+    groups = exact_groups(np.arange(samples), digests, samples)
+    cpu = time.process_time() - cpu0
+    group_of = {s: k for k, g in enumerate(groups) for s in g}
+    hits = sum(
+        1 for c, o in zip(copy, original, strict=True) if group_of.get(c, -1) == group_of.get(o, -2)
+    )
+    planted = set(copy.tolist()) | set(original.tolist())
+    return {
+        "cpu_s": round(cpu, 1),
+        "copies": n,
+        "recall": round(hits / max(n, 1), 4),
+        "precision": round(len(planted & group_of.keys()) / max(len(group_of), 1), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
@@ -121,6 +150,7 @@ def main() -> None:
         match_cpu, match_wall = time.process_time() - cpu0, time.perf_counter() - wall0
         rss = _rss_mb()
     hits = len(found & planted)
+    exact = _exact(args.samples, args.copies, args.seed)
     result = {
         "bench": "dedup",
         "date": datetime.date.today().isoformat(),
@@ -137,6 +167,7 @@ def main() -> None:
         "rss_end_mb": rss,  # anonymous vs file-backed (the memmapped fingerprints, evictable)
         "peak_anon_mb": anon.peak_mb,  # sampled every 0.2 s
         "disk_mb": round(disk / 1e6),
+        "exact": exact,
     }
     print(json.dumps(result))
 
