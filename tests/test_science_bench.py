@@ -104,3 +104,12 @@ def test_one_seed_pair_gets_margins_but_no_verdict():
     assert "✔" not in text and "✘" not in text
     two = summary(2)["a"]["heads"]["linear"]["verdict"]["log_loss_vs_random_init"]
     assert two["wins"] is False  # identical seed pairs: spread 0, and a margin below it
+
+
+def test_each_probe_grid_has_its_own_folder(tmp_path):
+    old = science._probe_root(tmp_path, "[0.001,0.003,0.01]")
+    new = science._probe_root(tmp_path, science.PROBE_LR_GRID)
+    other = science._probe_root(tmp_path, "[0.1]")
+    assert old == tmp_path / "probes"  # the first grid's results stay where they were
+    assert len({old, new, other}) == 3 and new.name.startswith("probes-lr")
+    assert science._probe_root(tmp_path, science.PROBE_LR_GRID) == new  # stable: a re-run resumes
