@@ -60,10 +60,10 @@ def _ray() -> str:
     return str(exe) if exe.exists() else shutil.which("ray") or pytest.skip("ray CLI not found")
 
 
-def _submit_shard(url: str, *args: str) -> list[str]:
-    """`ray job submit` of `python launch/shard.py ARGS` with this repository as working dir."""
+def _submit_shard(url: str, *args: str, script: str = "launch/shard.py") -> list[str]:
+    """`ray job submit` of `python SCRIPT ARGS` with this repository as working dir."""
     submit = [_ray(), "job", "submit", "--address", url, "--working-dir", str(REPO), "--"]
-    return [*submit, "python", "launch/shard.py", *args]
+    return [*submit, "python", script, *args]
 
 
 def stop_node(proc: subprocess.Popen) -> None:
@@ -195,6 +195,20 @@ def test_ray_job_submit_shards_to_s3(
     assert remote.pop("created") and reference.pop("created")
     assert remote == reference
     assert remote["counts"]["accepted"] == len(shard_corpus.accepted)
+
+    # README: curate runs as a Ray job driver too, reading the shard indexes from S3.
+    clean = f"{s3_env}/corpus/v1-clean"
+    cmd = _submit_shard(
+        url, "--input", output, "--output", clean, "--dedup", "--no-progress",
+        script="launch/curate.py",
+    )  # fmt: skip
+    job = subprocess.run(
+        cmd, check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    report = storage.read_json(f"{clean}/report.json")
+    assert report["input"]["samples"] == remote["counts"]["segments"]
+    assert storage.read_json(f"{clean}/view.json")["format"] == "musicoder-view"
 
     # Inside a Ray job a relative local path would land in the job's temp working dir: refused.
     cmd = _submit_shard(url, "--input", "/nonexistent-audio", "--output", "shards/relative")
