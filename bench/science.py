@@ -52,6 +52,7 @@ LOWER_IS_BETTER = {"log_loss"}
 # (model x fold) and stopped improving after epoch 0-5, task B's took 0.01 in 42 of 45: a rate
 # at the grid's edge is not a choice.
 PROBE_LR_GRID = "[0.0001,0.0003,0.001,0.003,0.01,0.03]"
+FIRST_PROBE_LR_GRID = "[0.001,0.003,0.01]"  # kit 2's first results, in `probes/`
 MIN_SEED_PAIRS = 2  # a verdict needs a spread across seed pairs to compare a margin with
 SELECT_BY = "log_loss"  # the valid-split metric that picks a layer ("<model>@layer" rows)
 TRIVIAL = ("val/cfm", "val/cfm_interpolate", "val/cfm_clip_mean", "val/ccm", "val/ccm_interpolate")
@@ -145,7 +146,7 @@ def pretrain(args, work: pathlib.Path, shards: pathlib.Path, seed: int) -> dict:
 def _probe_root(work: pathlib.Path, lr_grid: str) -> pathlib.Path:
     """Where a probe protocol's runs go: `probes/` for the first grid (kit 2's results),
     `probes-lr<hash>/` for any other, so a new grid re-probes the same encoders beside them."""
-    if lr_grid == "[0.001,0.003,0.01]":
+    if lr_grid == FIRST_PROBE_LR_GRID:
         return work / "probes"
     return work / f"probes-lr{hashlib.sha1(lr_grid.encode()).hexdigest()[:8]}"
 
@@ -350,7 +351,7 @@ def markdown(results: dict) -> str:
     lines = [
         f"Recipe `{cfg['recipe']}` {' '.join(cfg['set'])}; {len(pre)} pre-training seeds x "
         f"{cfg['probe_seeds']} probe seeds x {'/'.join(map(str, sorted(folds)))} fold "
-        f"rotations; probe learning rates {cfg.get('probe_lr_grid', '[0.001,0.003,0.01]')}; "
+        f"rotations; probe learning rates {cfg.get('probe_lr_grid', FIRST_PROBE_LR_GRID)}; "
         f"pre-training wall time {min(walls):.1f}-{max(walls):.1f} min per seed "
         f"(one process, this machine: {cfg['machine']}); measured {results['date']}. Test "
         "folds, each seed pair's metrics averaged over its rotations (every track or piece is "
@@ -509,8 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarize(merge_folds(runs)),
         "runs": runs,
     }
+    # results.json beside probes/, results-lr<hash>.json beside probes-lr<hash>/
     root = _probe_root(work, args.probe_lr_grid).name
-    results_path = work / ("results.json" if root == "probes" else f"results-{root[7:]}.json")
+    results_path = work / f"results{root.removeprefix('probes')}.json"
     results_path.write_text(json.dumps(results, indent=1))
     text = markdown(results)
     print(text)

@@ -12,7 +12,8 @@ pair partition, keeps each pair's first occurrence (a pair shares several bands)
 it once by the bit error rate of the two fingerprints aligned at the offset its shared frames
 imply, thousands of pairs per numpy call (`best_rates`). Memory is one partition of either
 kind, never a set of all pairs: chance candidates grow with the square of the corpus (0.3M at
-1M samples, ~30M at 10M), so an in-memory set of checked pairs would not be bounded. Disk is ~1 kB per 30 s sample plus 12 bytes a candidate.
+1M samples, ~30M at 10M), so an in-memory set of checked pairs would not be bounded. Disk is
+~1 kB per 30 s sample plus 12 bytes a candidate.
 
 `group_sources` turns verified sample matches into groups of source files: two files are copies
 when matched samples cover `min_coverage` of the shorter one (a 30 s excerpt of a track counts),

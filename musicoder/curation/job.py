@@ -117,14 +117,14 @@ def run(cfg: CurateConfig, *, progress: bool = True) -> CurateResult:
         deduper = Deduper(cfg.match, tmp) if cfg.dedup else None
         shards = [(n, s) for n, m in enumerate(manifests) for s in [*m.train, *m.val]]
         indexes = storage.read_json_ahead(_index_uri(shard.uri) for _, shard in shards)
-        for (n, shard), (index_uri, index) in tqdm(
+        for (n, shard), (_, index) in tqdm(
             zip(shards, indexes, strict=True),
             total=len(shards),
             desc="indexes",
             unit="shard",
             disable=not progress,
         ):
-            _add_index(n, shard.uri, index_uri, index, samples, sources, deduper)
+            _add_index(n, shard.uri, index, samples, sources, deduper)
         source_uris = [uri for _, uri in sorted((i, u) for u, i in sources.items())]
         reasons: dict[int, str] = {}
         groups = []
@@ -181,7 +181,6 @@ def _index_uri(shard_uri: str) -> str:
 def _add_index(
     n: int,
     shard_uri: str,
-    index_uri: str,
     index: dict,
     samples: _Samples,
     sources: dict,
@@ -210,7 +209,7 @@ def _add_index(
             if deduper is not None:
                 deduper.add(decode(str(fact["fingerprint"])), source)
     except (KeyError, TypeError, ValueError) as exc:  # FingerprintError is a ValueError
-        raise ShardFormatError(f"{index_uri}: malformed shard index ({exc})") from None
+        raise ShardFormatError(f"{_index_uri(shard_uri)}: malformed shard index ({exc})") from None
 
 
 def _per_source(samples: _Samples, values: np.ndarray, count: int) -> np.ndarray:

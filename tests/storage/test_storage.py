@@ -231,7 +231,6 @@ def test_missing_object_is_file_not_found_naming_uri(base):
     storage.delete(uri)
 
 
-@integration
 def test_read_json_ahead_in_order_within_its_window(base, monkeypatch):
     uris = [storage.join(base, f"index-{i:03d}.json") for i in range(40)]
     for i, uri in enumerate(uris):
@@ -262,6 +261,7 @@ def test_read_json_ahead_raises_at_the_missing_objects_turn(base):
         next(reads)
 
 
+@integration
 def test_missing_bucket_is_file_not_found(s3_env):
     uri = "s3://no-such-bucket-musicoder/x.wav"
     with pytest.raises(FileNotFoundError, match=re.escape(uri)):
