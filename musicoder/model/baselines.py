@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from musicoder.model.batch import Batch
-from musicoder.model.pooling import weighted_mean
 from musicoder.model.loss import LossOutput, reconstruction_loss
+from musicoder.model.pooling import weighted_mean
 
 BASELINES = ("interpolate", "clip_mean")
 
