@@ -53,7 +53,8 @@ class LossConfig:
             layer and an EMA teacher's targets for the unmasked clip; 0 = none (the paper).
             Above 0 the model gains that head (not exported) and training keeps an fp32 teacher.
         teacher_decay: EMA decay of the teacher per optimizer step (0.999: a memory of about
-            1,000 steps).
+            1,000 steps); 1 = a frozen teacher, the random-init encoder throughout (its targets
+            keep the full rank of a random network's states).
         teacher_layers: How many of the teacher's last layer outputs a target averages; 0 = all.
         teacher_frames: Which frames the teacher term is computed on: `all` valid frames (CCM
             corrupts every frame of a clip it masks) or only the `masked` (CFM) frames, as
@@ -85,8 +86,8 @@ class LossConfig:
                 "loss: reconstruction_weight, contrastive_weight and teacher_weight are all 0; "
                 "nothing would be trained"
             )
-        if not 0.0 <= self.teacher_decay < 1.0:
-            raise ValueError(f"loss.teacher_decay: must be in [0, 1), got {self.teacher_decay!r}")
+        if not 0.0 <= self.teacher_decay <= 1.0:
+            raise ValueError(f"loss.teacher_decay: must be in [0, 1], got {self.teacher_decay!r}")
         if self.teacher_frames not in ("all", "masked"):
             raise ValueError(f"loss.teacher_frames: 'all' or 'masked', got {self.teacher_frames!r}")
         if self.teacher_layers < 0:

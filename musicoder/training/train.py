@@ -367,8 +367,8 @@ class Pretrainer:
                 engine.backward(loss.total)
                 engine.step()
                 metrics.add(loss, info.frames)  # stays on the device: no host sync here
-            if self.teacher is not None:  # once per optimizer step
-                self._update_teacher(self.config.loss.teacher_decay)
+            if self.teacher is not None and self.config.loss.teacher_decay < 1.0:
+                self._update_teacher(self.config.loss.teacher_decay)  # once per optimizer step
             # One collective per step, as stopping must be agreed on every step anyway.
             frames, new_damaged, skipped, s3_retries, stop = self._all_sum(
                 [
