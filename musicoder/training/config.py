@@ -37,6 +37,9 @@ class TrainConfig:
     # for the others (a checkpoint save, the first batches from storage).
     collective_timeout_s: float = 600.0
     peak_tflops: float = 989.0  # per-device dense bf16 peak for MFU (H100 SXM datasheet)
+    # Keep the encoder's input projection at its random init (MoCo v3's frozen patch
+    # projection): layer 0 stays a full-rank random view of the inputs (docs/decisions.md).
+    freeze_input_projection: bool = False
 
     def __post_init__(self) -> None:
         for key in (

@@ -198,8 +198,12 @@ class Pretrainer:
         torch.manual_seed(tcfg.seed)
         model = cfg.build_model()
         teacher = make_teacher(model.encoder) if cfg.loss.teacher_weight else None
+        if tcfg.freeze_input_projection:
+            model.encoder.input_proj.requires_grad_(False)
         self.engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=ds_cfg
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=ds_cfg,
         )
         self.device, self.dtype = self.engine.device, DTYPES[tcfg.precision]
         self.teacher = None if teacher is None else teacher.to(self.device)

@@ -293,3 +293,29 @@ def test_teacher_under_zero3_is_updated_from_the_gathered_encoder(shard_set, tmp
     assert teacher.keys() == encoder.keys() and len(teacher) > 10
     for name, tensor in encoder.items():
         torch.testing.assert_close(teacher[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.integration
+def test_frozen_input_projection_and_frozen_teacher_keep_their_initial_weights(shard_set, tmp_path):
+    # ZeRO-3 partitions every parameter, frozen ones included; the input projection must come
+    # out of training exactly as initialized, and a decay-1 teacher must stay the initial
+    # encoder, while the rest of the encoder trains.
+    settings = [
+        "train.freeze_input_projection=true",
+        "loss.teacher_weight=1",
+        "loss.teacher_decay=1",
+        "train.max_steps=4",
+    ]
+    run = run_pretrain(tmp_path / "run", str(shard_set), zero=3, settings=settings)
+    assert run.returncode == 0, run.log[-3000:]
+    config = load_config(PretrainConfig, [str(run.out / "config.yaml")])
+    torch.manual_seed(config.train.seed)
+    initial = config.build_model().encoder.state_dict()
+    teacher = load_file(str(run.out / "checkpoints" / "global_step4" / checkpoint.TEACHER_FILE))
+    encoder = _export(run.out, tmp_path / "export")
+    for name, tensor in teacher.items():
+        torch.testing.assert_close(tensor, initial[name], rtol=0, atol=0, msg=name)
+    for name in ("input_proj.weight", "input_proj.bias"):
+        torch.testing.assert_close(encoder[name], initial[name], rtol=0, atol=0, msg=name)
+    trained = [n for n in encoder if not torch.equal(encoder[n], initial[n])]
+    assert "layers.0.ffn.0.weight" in trained and not any(n.startswith("input_proj") for n in trained)
