@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +38,10 @@ class MusiCoderConfig:
         ffn: Feed-forward inner width.
         dropout: Dropout on embeddings, attention weights and residual branches.
         max_frames: Longest sequence the sinusoidal position table covers.
+        position_scale: Amplitude of the sinusoidal positions added to the projected inputs
+            (1 = "Attention Is All You Need"). With BERT's 0.02 init the projected inputs have a
+            per-channel variance of about 0.13 against the positions' 0.5, so at 1 the positions
+            dominate each frame's LayerNorm and its statistics over time (docs/decisions.md).
         activation_checkpointing: Recompute each layer in backward to save memory.
     """
 
@@ -47,6 +52,7 @@ class MusiCoderConfig:
     ffn: int = 512
     dropout: float = 0.1
     max_frames: int = 2048
+    position_scale: float = 1.0
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -57,6 +63,10 @@ class MusiCoderConfig:
         if self.hidden % self.heads:
             raise ValueError(
                 f"model.hidden: {self.hidden} is not divisible by model.heads={self.heads}"
+            )
+        if not (math.isfinite(self.position_scale) and self.position_scale >= 0):
+            raise ValueError(
+                f"model.position_scale: must be finite and >= 0, got {self.position_scale!r}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout: must be in [0, 1), got {self.dropout!r}")

@@ -121,7 +121,9 @@ class MusiCoderEncoder(nn.Module):
         self.input_proj = nn.Linear(config.input_dim, config.hidden)
         # Not persistent: derived from the config, so exports carry only learned weights.
         self.register_buffer(
-            "positions", sinusoidal_positions(config.max_frames, config.hidden), persistent=False
+            "positions",
+            sinusoidal_positions(config.max_frames, config.hidden) * config.position_scale,
+            persistent=False,
         )
         self.input_norm = nn.LayerNorm(config.hidden)
         self.input_dropout = nn.Dropout(config.dropout)

@@ -65,6 +65,8 @@ def test_variant_overrides_and_unknown_names():
         ({"num_layers": 0}, "model.num_layers: must be a positive integer"),
         ({"dropout": 1.0}, "model.dropout: must be in"),
         ({"max_frames": 2.5}, "model.max_frames: must be a positive integer"),
+        ({"position_scale": -0.5}, "model.position_scale: must be finite and >= 0"),
+        ({"position_scale": float("nan")}, "model.position_scale: must be finite and >= 0"),
     ],
 )
 def test_invalid_config_is_rejected(kwargs, message):

@@ -43,6 +43,18 @@ def test_output_shapes_and_hidden_states():
     assert model(batch.masked_input, batch.valid).hidden_states is None
 
 
+def test_position_scale_scales_the_sinusoids_and_zero_makes_frames_order_free():
+    scaled, plain = tiny(position_scale=0.25).encoder, tiny().encoder
+    torch.testing.assert_close(scaled.positions, 0.25 * plain.positions)
+    free = tiny(position_scale=0.0).encoder.eval()
+    x, valid = torch.randn(1, 12, 324), torch.ones(1, 12, dtype=torch.bool)
+    order = torch.randperm(12)
+    out = free(x, valid).last_hidden
+    torch.testing.assert_close(free(x[:, order], valid).last_hidden, out[:, order])
+    shuffled = plain.eval()(x[:, order], valid).last_hidden
+    assert not torch.allclose(shuffled, plain(x, valid).last_hidden[:, order])
+
+
 def test_padding_does_not_change_valid_outputs():
     model = tiny().eval()
     batch = masked_batch([16, 10], t=16)

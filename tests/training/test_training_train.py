@@ -318,4 +318,5 @@ def test_frozen_input_projection_and_frozen_teacher_keep_their_initial_weights(s
     for name in ("input_proj.weight", "input_proj.bias"):
         torch.testing.assert_close(encoder[name], initial[name], rtol=0, atol=0, msg=name)
     trained = [n for n in encoder if not torch.equal(encoder[n], initial[n])]
-    assert "layers.0.ffn.0.weight" in trained and not any(n.startswith("input_proj") for n in trained)
+    assert "layers.0.ffn.0.weight" in trained
+    assert not any(name.startswith("input_proj") for name in trained)
