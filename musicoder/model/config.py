@@ -40,8 +40,8 @@ class MusiCoderConfig:
         max_frames: Longest sequence the sinusoidal position table covers.
         position_scale: Amplitude of the sinusoidal positions added to the projected inputs
             (1 = "Attention Is All You Need"). With BERT's 0.02 init the projected inputs have a
-            per-channel variance of about 0.13 against the positions' 0.5, so at 1 the positions
-            dominate each frame's LayerNorm and its statistics over time (docs/decisions.md).
+            mean square of about 0.13 per channel against the positions' 0.5, so at 1 about 80%
+            of each frame's LayerNorm input is position (docs/decisions.md).
         activation_checkpointing: Recompute each layer in backward to save memory.
     """
 
