@@ -87,6 +87,10 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     preset: str = "musicoder324"  # feature preset the model expects; the manifest must match
     max_frames: int = 512  # random crop length (frames); shorter clips are padded
+    # Each training crop is two windows of max_frames / 2 drawn independently from one clip,
+    # one after the other: the contrastive term's halves (`loss.contrastive_weight`) then come
+    # from different moments of a recording, not from one contiguous stretch.
+    window_pairs: bool = False
     shuffle_buffer: int = 256  # samples held per worker for shuffling (0 = read order)
     num_workers: int = 2  # DataLoader worker processes per rank (0 = in the training process)
     prefetch_factor: int = 2  # batches each worker keeps ready
@@ -110,6 +114,11 @@ class DataConfig:
         for key in ("shuffle_buffer", "num_workers", "max_damaged_shards"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.window_pairs and self.max_frames % 2:
+            raise ValueError(
+                f"data.window_pairs: a crop is two windows of max_frames / 2, so data.max_frames "
+                f"must be even, got {self.max_frames}"
+            )
 
 
 @dataclass
@@ -396,6 +405,11 @@ class ShardStream(IterableDataset):
             yield self._prepare(item[0], rng), item[1]
 
     def _prepare(self, feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        half = self.config.max_frames // 2
+        if self.config.window_pairs and self.shuffle and feats.shape[0] >= half:
+            # Two windows that may overlap (as SimCLR's crops); shorter clips stay whole.
+            first, second = rng.integers(feats.shape[0] - half + 1, size=2)
+            return np.concatenate([feats[first : first + half], feats[second : second + half]])
         extra = feats.shape[0] - self.config.max_frames
         if extra > 0:  # a view: nothing is copied until collation
             start = int(rng.integers(extra + 1)) if self.shuffle else 0

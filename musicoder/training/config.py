@@ -87,6 +87,11 @@ class PretrainConfig:
                 "loss.contrastive_weight: the model trains on crop halves, so data.max_frames "
                 f"must be even, got {self.data.max_frames}"
             )
+        if self.data.window_pairs and not self.loss.contrastive_weight:
+            raise ValueError(
+                "data.window_pairs: the two windows of a crop are the contrastive term's pair; "
+                "without loss.contrastive_weight the model would read them as one stretch"
+            )
 
     def model_config(self) -> MusiCoderConfig:
         """The variant's MusiCoderConfig with `model` overrides applied."""

@@ -222,7 +222,29 @@ def test_bad_sample_is_skipped(tmp_path):
     assert batches[-1][1].skipped_samples >= 1 and batches[-1][1].skipped_shards == 0
 
 
+def test_window_pairs_crop_two_independent_windows_of_one_clip(few_shard_set):
+    stream = _stream(few_shard_set, window_pairs=True)  # max_frames 32: windows of 16
+    clip = np.arange(100, dtype=np.float16)[:, None].repeat(3, axis=1)  # row i holds i
+    rng = np.random.default_rng(0)
+    starts = []
+    for _ in range(50):
+        crop = stream._prepare(clip, rng)
+        assert crop.shape == (32, 3)
+        first, second = crop[:16, 0].astype(int), crop[16:, 0].astype(int)
+        for window in (first, second):  # each window is one contiguous stretch of the clip
+            assert (np.diff(window) == 1).all() and 0 <= window[0] <= 100 - 16
+        starts.append((first[0], second[0]))
+    assert any(b != a + 16 for a, b in starts) and any(b < a for a, b in starts)
+    short = clip[:10]  # shorter than a window: whole, as without window pairs
+    assert np.array_equal(stream._prepare(short, rng), short)
+    plain = _stream(few_shard_set, window_pairs=True)
+    plain.shuffle = False  # validation: the first max_frames, one stretch
+    assert np.array_equal(plain._prepare(clip, rng)[:, 0], np.arange(32))
+
+
 def test_data_config_validation():
     with pytest.raises(ValueError, match="data.max_frames"):
         DataConfig(max_frames=0)
+    with pytest.raises(ValueError, match="data.window_pairs"):
+        DataConfig(max_frames=31, window_pairs=True)
     assert np.isfinite(DataConfig().max_frames)

@@ -28,6 +28,14 @@ def test_config_typos_are_errors():
         load_config(PretrainConfig, overrides=["train.output_dir=s3://b/run"])
 
 
+def test_window_pairs_need_the_contrastive_term():
+    pairs = ["data.window_pairs=true", "data.max_frames=64", "model.max_frames=32"]
+    with pytest.raises(ValueError, match="data.window_pairs.*contrastive_weight"):
+        load_config(PretrainConfig, overrides=pairs)
+    cfg = load_config(PretrainConfig, overrides=[*pairs, "loss.contrastive_weight=0.5"])
+    assert cfg.data.window_pairs
+
+
 def test_mixture_config_round_trips_and_a_resume_notices_other_data():
     from musicoder.training.train import data_change
 
