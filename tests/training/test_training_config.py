@@ -12,7 +12,7 @@ from musicoder.config import ConfigError, load_config, to_dict
 from musicoder.training.config import PretrainConfig
 
 
-@pytest.mark.parametrize("name", ["tiny-cpu", "base", "large"])
+@pytest.mark.parametrize("name", ["tiny-cpu", "small-frozen-teacher-cpu", "base", "large"])
 def test_pretrain_configs_load(name):
     cfg = load_config(PretrainConfig, [str(REPO / f"configs/pretrain/{name}.yaml")])
     assert cfg.model_config().max_frames >= cfg.data.max_frames
