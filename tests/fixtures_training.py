@@ -300,21 +300,33 @@ def run_command(command: Sequence[str], timeout: float = 180) -> subprocess.Comp
     )
 
 
+def allreduce_buffers(command: Sequence[str]) -> list[str]:
+    """The /dev/shm all-reduce buffers of the DeepSpeed launch `command` (its --master_port)
+    that still have a name: DeepSpeed's CPU shm all-reduce creates one per rank."""
+    if "--master_port" not in command:
+        return []
+    port = command[list(command).index("--master_port") + 1]
+    return sorted(str(p) for p in pathlib.Path("/dev/shm").glob(f"deepspeed_*_{port}_*"))
+
+
 @dataclass
 class PretrainRun:
-    """A finished launch: its output dir, exit code and combined output."""
+    """A finished launch: its output dir, exit code, combined output and the /dev/shm buffers
+    it left behind."""
 
     out: pathlib.Path
     returncode: int
     log: str
+    shm_left: list[str]
 
 
 def run_pretrain(
     out: pathlib.Path, manifest: str, *, env: dict[str, str] | None = None, **kwargs
 ) -> PretrainRun:
     """Run a pre-training launch to completion (see `pretrain_command` for kwargs)."""
+    command = pretrain_command(out, manifest, **kwargs)
     proc = subprocess.run(
-        pretrain_command(out, manifest, **kwargs),
+        command,
         cwd=REPO,
         env=run_env(env),
         capture_output=True,
@@ -322,7 +334,7 @@ def run_pretrain(
         timeout=RUN_TIMEOUT_S,
         check=False,
     )
-    return PretrainRun(out, proc.returncode, proc.stdout + proc.stderr)
+    return PretrainRun(out, proc.returncode, proc.stdout + proc.stderr, allreduce_buffers(command))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ A dead or hung rank ends the others: every process group waits at most
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -56,6 +57,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 RESOLVED_CONFIG = "config.yaml"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 UNIVERSAL_TIMEOUT_S = 4 * 3600  # ranks wait this long for rank 0's universal conversion
+SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"  # its shm.cpp
 
 
 def log_rank_zero(msg: str, *args: Any) -> None:
@@ -186,6 +188,8 @@ class Pretrainer:
             dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout
         )
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if get_accelerator().device_name() == "cpu":
+            unlink_allreduce_buffer(self.rank, self.world)
         tag, universal = self._find_resume()
         ds_cfg = deepspeed_dict(
             self.config,
@@ -624,6 +628,34 @@ def _default_group_timeout(timeout: timedelta) -> None:
     distributed_c10d.default_pg_timeout = timeout
     if isinstance(getattr(distributed_c10d, "default_pg_nccl_timeout", None), timedelta):
         distributed_c10d.default_pg_nccl_timeout = timeout
+
+
+def allreduce_buffer_path(rank: int) -> str:
+    """The /dev/shm file DeepSpeed's CPU accelerator gives `rank` for its all-reduce when every
+    rank of the job is on one host (its shm comm op names it after the rendezvous address)."""
+    return SHM_BUFFER.format(
+        uid=os.getuid(),
+        addr=os.environ.get("MASTER_ADDR", ""),
+        port=os.environ.get("MASTER_PORT", ""),
+        rank=rank,
+    )
+
+
+def unlink_allreduce_buffer(rank: int, world: int) -> None:
+    """Remove this rank's name of DeepSpeed's CPU all-reduce buffer (66 MiB in /dev/shm).
+
+    DeepSpeed creates one per rank of a one-host job and never unlinks it, so every CPU run
+    left `world` of them behind, killed or not, until /dev/shm (half the RAM) was full. Each
+    rank maps every peer's buffer inside `init_distributed`; once all ranks are past it (the
+    barrier), the names are no longer needed: the mappings stay valid and the kernel frees the
+    memory when the last rank exits, however it exits. Collective: call on every rank.
+    """
+    import torch.distributed as dist
+
+    if world > 1:
+        dist.barrier()
+    with contextlib.suppress(FileNotFoundError):  # multi-host jobs and builds without the op
+        os.unlink(allreduce_buffer_path(rank))
 
 
 def data_change(saved: dict, config: PretrainConfig) -> str | None:

@@ -17,6 +17,7 @@ import torch
 from fixtures_training import (
     REPO,
     RUN_TIMEOUT_S,
+    allreduce_buffers,
     pretrain_command,
     run_command,
     run_env,
@@ -119,6 +120,7 @@ def test_run_learns_logs_and_checkpoints(run_name, request):
     assert state.preset == "musicoder324" and len(state.stats["mean"]) == 324
     saved = load_config(PretrainConfig, [str(run.out / "config.yaml")])
     assert saved.train.max_steps == 16
+    assert run.shm_left == []  # DeepSpeed's CPU all-reduce buffers are not left in /dev/shm
 
 
 @pytest.mark.integration
@@ -135,8 +137,9 @@ def test_export_zero3_equals_export_zero2(zero2_run, zero3_run, tmp_path):
 @pytest.mark.integration
 def test_sigkill_then_resume_continues_like_an_uninterrupted_run(zero2_run, shard_set, tmp_path):
     out = tmp_path / "run"
+    command = pretrain_command(out, str(shard_set))
     proc = subprocess.Popen(
-        pretrain_command(out, str(shard_set)),
+        command,
         cwd=REPO,
         env=run_env(),
         stdout=subprocess.DEVNULL,
@@ -150,11 +153,13 @@ def test_sigkill_then_resume_continues_like_an_uninterrupted_run(zero2_run, shar
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # launcher, ranks and loader workers
     proc.wait(30)
+    assert allreduce_buffers(command) == []  # named in /dev/shm only during start-up
     for events in (out / "tensorboard").iterdir():
         events.rename(events.with_name("killed-" + events.name))  # keep only the resumed run
     run = run_pretrain(out, str(shard_set), resume=True)
     assert run.returncode == 0, run.log[-3000:]
     assert "resumed from" in run.log
+    assert run.shm_left == []
     resumed = _events(
         next(p for p in (out / "tensorboard").iterdir() if not p.name.startswith("killed-"))
     )
