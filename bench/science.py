@@ -14,10 +14,11 @@ fold k and stops early on fold k+1, and a seed pair's score is the mean over its
 every track (piece) is tested once; spreads are over seed pairs. Every stage is skipped when
 its output exists, so a re-run resumes.
 
-Results go to WORK/results.json (every run's metrics, means and spreads, pre-training loss
-against trivial predictors, wall times), a table on stdout, and (without --no-write) the
-"Science yardstick" section of BENCHMARKS.md. Choose recipes by the valid split (`valid` in
-results.json); the test split is only reported.
+Work goes to CACHE/science/corpus<N>/NAME, N the version of the kit's unlabeled corpus, whose
+shards are in CACHE/science/corpus<N>/shards. Results go to WORK/results.json (every run's
+metrics, means and spreads, pre-training loss against trivial predictors, wall times), a table
+on stdout, and (without --no-write) the "Science yardstick" section of BENCHMARKS.md. Choose
+recipes by the valid split (`valid` in results.json); the test split is only reported.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from tqdm import tqdm
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from science_kit import build_kit, default_cache  # noqa: E402
+from science_kit import PART_VERSIONS, build_kit, default_cache  # noqa: E402
 
 log = logging.getLogger("science")
 
@@ -452,8 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     kit = args.cache
     tag = hashlib.sha1(" ".join(args.set).encode()).hexdigest()[:8]
     name = args.name or f"{pathlib.Path(args.recipe).stem}-{tag}"
-    work = args.cache / "science" / name
-    shards = args.cache / "science" / "shards"
+    # Shards and encoders belong to one version of the unlabeled corpus; probes re-read tasks.
+    science = args.cache / "science" / f"corpus{PART_VERSIONS['pretrain']}"
+    work = science / name
+    shards = science / "shards"
     if not (shards / "manifest.json").exists():
         _run(
             [
@@ -466,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--seed",
                 "0",
             ],
-            args.cache / "science" / "logs" / "shard.log",
+            science / "logs" / "shard.log",
         )
     pre = [pretrain(args, work, shards, seed) for seed in range(args.pretrain_seeds)]
     # Each seed pair has its own probe seed, which also draws the random-init encoder: the

@@ -58,9 +58,10 @@ from tqdm import tqdm
 
 log = logging.getLogger("science_kit")
 
-KIT_VERSION = 2
+KIT_VERSION = 3
 # Version 2: task A over 11 packages (was 4) and 5-fold rotations for both tasks.
-PART_VERSIONS = {"pretrain": 1, "task_soundtrack": 2, "task_instruments": 2}
+# Version 3: the unlabeled corpus over 9 packages (was 4); the labelled tasks are unchanged.
+PART_VERSIONS = {"pretrain": 2, "task_soundtrack": 2, "task_instruments": 2}
 CACHE_ENV = "MUSICODER_REALDATA"
 DEFAULT_CACHE = "~/.cache/musicoder/realdata"
 SAMPLE_RATE = 22050
@@ -68,14 +69,21 @@ SEED = 12  # every random choice of the kit derives from this
 SPLITS = ("train", "valid", "test")
 FOLDS = 5  # groups per task dealt into this many folds; rotation k tests fold k, validates k+1
 SOURCE_EXTENSIONS = (".ogg", ".opus")
+ARCHIVE_EXTENSIONS = (".pk3", ".zip")  # game data archives (zip); their members are listed
 
 # Unlabeled corpus: package -> fragment of the dpkg -L path that marks its music folder.
-# nexuiz-music ships its tracks inside a zip (.pk3); its members are extracted.
+# nexuiz-music, ufoai-music and 0ad-data ship their tracks inside zips; members are extracted.
 PRETRAIN_SOURCES = {
     "wesnoth-1.16-music": "/data/core/music/",
     "warzone2100-music": "/warzone2100/music/",
     "hyperrogue-music": "/hyperrogue/music/",  # not sounds/
     "nexuiz-music": "/nexuiz/data/",
+    # Added in kit version 3 (corpus part 2): 8.0 h / 108 tracks became ~17 h / ~280 tracks.
+    "0ad-data": "/0ad/mods/public/public.zip/audio/music/",  # orchestral; inside a 3 GB zip
+    "ufoai-music": "/ufoai/base/0music.pk3/music/",
+    "singularity-music": "/singularity/music/",
+    "drascula-music": "/scummvm/drascula/audio/",  # the language folders hold the same files
+    "asc-music": "/asc/music/",
 }
 # Task A: label = package; none of these is in the unlabeled corpus.
 SOUNDTRACK_SOURCES = {
@@ -139,6 +147,12 @@ LICENCES = {
     "warzone2100-music": "GPL-2+ (DEP-5 'Files: *')",
     "hyperrogue-music": "CC-BY-SA-3.0 (music/*: Shawn Parrotte, Lincoln Domina, Will Savino)",
     "nexuiz-music": "GPL-2+ (free-form copyright file, Alientrap)",
+    "0ad-data": "CC-BY-SA-3.0 (DEP-5 'Files: *', Wildfire Games)",
+    "ufoai-music": "GPL-2+ / CC-BY-3.0 / CC-BY-SA-3.0 per track (DEP-5 stanzas per file; "
+    "kit.json lists each)",
+    "singularity-music": "CC-BY-SA-3.0 (free-form copyright file, Max McCracken)",
+    "drascula-music": "Drascula-License, BSD-like (DEP-5 'Files: *', Alcachofa Soft S.L.)",
+    "asc-music": "GPL-2+ (DEP-5 'Files: *', Michael Kievernagel)",
     "freedroidrpg-data": "GPL-2+ (DEP-5 'Files: *')",
     "hedgewars-data": "GPL-2 (DEP-5 'Files: *'; Data/Music has no stanza of its own)",
     "planetblupi-music-ogg": "GPL-3+ (DEP-5 'Files: *')",
@@ -163,9 +177,14 @@ class Source:
     """One audio file to use: its package, where it lives and its name inside the kit."""
 
     package: str
-    path: str  # installed file, or the .pk3 archive
+    path: str  # installed file, or the zip archive
     relative: str  # path under <part>/<package>/
     member: str | None = None  # zip member inside `path`
+
+    @property
+    def installed(self) -> str:
+        """Where the file is on disk, a zip member as a path below its archive."""
+        return self.path if self.member is None else f"{self.path}/{self.member}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,22 +378,26 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
 
 
 def list_sources(package: str, folder: str) -> list[Source]:
-    """Audio files of a package under its music folder, zip archives (.pk3) opened, sorted."""
+    """Audio files of a package under its music folder, sorted; zip archives are opened.
+
+    A member of an archive counts as a file below it (`.../0music.pk3/music/a.ogg`), so `folder`
+    can reach into an archive; the kit path is what follows `folder`.
+    """
     out = []
     for path in package_files(package):
-        if folder not in path:
-            continue
-        below = path.split(folder, 1)[1]
-        if path.endswith(SOURCE_EXTENSIONS):
-            out.append(Source(package, path, below))
-        elif path.endswith(".pk3"):
+        if path.endswith(ARCHIVE_EXTENSIONS):
             with zipfile.ZipFile(path) as archive:
                 for name in sorted(archive.namelist()):
+                    if not name.endswith(SOURCE_EXTENSIONS) or folder not in f"{path}/{name}":
+                        continue
                     member = safe_member(name)
                     if member is None:
                         log.warning("%s: skipped unsafe member %r", path, name)
-                    elif name.endswith(SOURCE_EXTENSIONS):
-                        out.append(Source(package, path, str(member), name))
+                    else:
+                        relative = f"{path}/{member}".split(folder, 1)[1]
+                        out.append(Source(package, path, relative, name))
+        elif folder in path and path.endswith(SOURCE_EXTENSIONS):
+            out.append(Source(package, path, path.split(folder, 1)[1]))
     if not out:
         raise FileNotFoundError(f"{package}: no {'/'.join(SOURCE_EXTENSIONS)} files under {folder}")
     return out
@@ -833,7 +856,7 @@ def _licence_table(sources: dict[str, list[Source]]) -> dict:
     table = {}
     for package, files in sources.items():
         text = Path(f"/usr/share/doc/{package}/copyright").read_text(errors="replace")
-        dep5 = sorted({lic for s in files for lic in dep5_licences(text, s.path)})
+        dep5 = sorted({lic for s in files for lic in dep5_licences(text, s.installed)})
         table[package] = {
             "licence": LICENCES[package],
             "dep5_stanzas": dep5 or None,

@@ -3,6 +3,7 @@ placement, zip-member and register guards. No apt, no music21, no audio from the
 
 import importlib.util
 import sys
+import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
@@ -112,6 +113,41 @@ def test_safe_member_refuses_traversal(name, ok):
     assert (result is not None) == ok
     if ok:
         assert result == PurePosixPath(name)
+
+
+def test_list_sources_reaches_into_archives_by_folder(tmp_path, monkeypatch):
+    game = tmp_path / "usr/share/games/g"
+    (game / "music").mkdir(parents=True)
+    (game / "music/loose.ogg").write_bytes(b"x")
+    (game / "sounds").mkdir()
+    (game / "sounds/click.ogg").write_bytes(b"x")
+    with zipfile.ZipFile(game / "data.zip", "w") as archive:
+        for name in (
+            "audio/music/b.ogg",
+            "audio/music/a.ogg",
+            "audio/sfx/c.ogg",
+            "audio/music/n.txt",
+        ):
+            archive.writestr(name, b"x")
+        archive.writestr("audio/music/../../evil.ogg", b"x")
+    files = sorted(str(p) for p in game.rglob("*") if p.is_file())
+    monkeypatch.setattr(sk, "package_files", lambda package: files)
+
+    inside = sk.list_sources("g", "/g/data.zip/audio/music/")
+    assert [(s.relative, s.member) for s in inside] == [
+        ("a.ogg", "audio/music/a.ogg"),
+        ("b.ogg", "audio/music/b.ogg"),
+    ]
+    assert inside[0].installed == f"{game}/data.zip/audio/music/a.ogg"
+    loose = sk.list_sources("g", "/g/music/")
+    assert [(s.relative, s.member, s.installed) for s in loose] == [
+        ("loose.ogg", None, f"{game}/music/loose.ogg")
+    ]
+    whole = sk.list_sources("g", "/games/g/")  # an archive below the folder keeps its name
+    assert {s.relative for s in whole} >= {"data.zip/audio/sfx/c.ogg", "sounds/click.ogg"}
+    assert not any(".." in s.relative for s in whole)
+    with pytest.raises(FileNotFoundError, match="no .ogg/.opus files under /g/none/"):
+        sk.list_sources("g", "/g/none/")
 
 
 def test_fit_register_moves_whole_octaves():
