@@ -60,7 +60,7 @@ log = logging.getLogger("science_kit")
 
 KIT_VERSION = 3
 # Version 2: task A over 11 packages (was 4) and 5-fold rotations for both tasks.
-# Version 3: the unlabeled corpus over 9 packages (was 4); the labelled tasks are unchanged.
+# Version 3: the unlabeled corpus over 8 packages (was 4); the labelled tasks are unchanged.
 PART_VERSIONS = {"pretrain": 2, "task_soundtrack": 2, "task_instruments": 2}
 CACHE_ENV = "MUSICODER_REALDATA"
 DEFAULT_CACHE = "~/.cache/musicoder/realdata"
@@ -83,7 +83,6 @@ PRETRAIN_SOURCES = {
     "ufoai-music": "/ufoai/base/0music.pk3/music/",
     "singularity-music": "/singularity/music/",
     "drascula-music": "/scummvm/drascula/audio/",  # the language folders hold the same files
-    "asc-music": "/asc/music/",
 }
 # Task A: label = package; none of these is in the unlabeled corpus.
 SOUNDTRACK_SOURCES = {
@@ -152,7 +151,6 @@ LICENCES = {
     "kit.json lists each)",
     "singularity-music": "CC-BY-SA-3.0 (free-form copyright file, Max McCracken)",
     "drascula-music": "Drascula-License, BSD-like (DEP-5 'Files: *', Alcachofa Soft S.L.)",
-    "asc-music": "GPL-2+ (DEP-5 'Files: *', Michael Kievernagel)",
     "freedroidrpg-data": "GPL-2+ (DEP-5 'Files: *')",
     "hedgewars-data": "GPL-2 (DEP-5 'Files: *'; Data/Music has no stanza of its own)",
     "planetblupi-music-ogg": "GPL-3+ (DEP-5 'Files: *')",
