@@ -78,7 +78,7 @@ PRETRAIN_SOURCES = {
     "warzone2100-music": "/warzone2100/music/",
     "hyperrogue-music": "/hyperrogue/music/",  # not sounds/
     "nexuiz-music": "/nexuiz/data/",
-    # Added in kit version 3 (corpus part 2): 8.0 h / 108 tracks became ~17 h / ~280 tracks.
+    # Added in kit version 3 (corpus part 2): 8.0 h / 108 tracks became 16.75 h / 278 tracks.
     "0ad-data": "/0ad/mods/public/public.zip/audio/music/",  # orchestral; inside a 3 GB zip
     "ufoai-music": "/ufoai/base/0music.pk3/music/",
     "singularity-music": "/singularity/music/",
